@@ -1,0 +1,115 @@
+"""The driver plugin interface.
+
+A driver knows one protocol and nothing of policy. It is a class registered under the
+`facility_agent.drivers` entry-point group; the built-in ones are registered the same way, so a
+third-party driver is one module plus one line in its own pyproject:
+
+    [project.entry-points."facility_agent.drivers"]
+    mydriver = "my_package.my_module:MyDriver"
+
+The poller owns the schedule: it calls `poll()` under its own timeout, so a driver never needs a
+timer of its own, and a hung device never holds up another one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .model import Sample
+from .units import Duration, Identifier
+
+
+class DeviceConfig(BaseModel):
+    """Keys every device has. A driver subclasses this with its own keys (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Identifier
+    driver: str
+    #: Time between the starts of two polls.
+    interval: Duration = 2.0
+    #: Deadline of one poll; defaults to the interval, capped at 5 s.
+    timeout: Duration | None = None
+    #: Consecutive failed polls before the device is reported `comm: lost` (NUT's DEADTIME).
+    lost_after: int = Field(default=3, ge=1, le=1000)
+    #: Random offset of the first poll, as a fraction of the interval, so devices do not all
+    #: poll in the same instant.
+    jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+    #: Upper bound of the exponential back-off between retries while a device is lost.
+    backoff_max: Duration = 60.0
+    #: Poll interval while the device is degraded (on battery, lost ...); NUT's POLLFREQALERT.
+    alert_interval: Duration | None = None
+    #: Whether device actions (commands, SET VAR ...) may be sent to it.
+    allow_writes: bool = False
+
+    @property
+    def poll_timeout(self) -> float:
+        return self.timeout if self.timeout is not None else min(self.interval, 5.0)
+
+
+class DeviceError(Exception):
+    """A device did not give a usable answer. `reason` is shown to people: no secrets in it."""
+
+    #: True when retrying cannot help until someone changes something (bad credentials, a UPS
+    #: name that does not exist): the device is reported lost at once instead of after
+    #: `lost_after` misses, and still retried with back-off.
+    permanent: ClassVar[bool] = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer within the poll's deadline."""
+
+
+class ProtocolError(DeviceError):
+    """The device answered something the protocol does not allow."""
+
+
+class AuthError(DeviceError):
+    """The device refused our credentials."""
+
+    permanent = True
+
+
+class NotFoundError(DeviceError):
+    """The device (or the UPS name on it) does not exist."""
+
+    permanent = True
+
+
+class ActionError(DeviceError):
+    """A device action was refused or failed."""
+
+
+class Driver(ABC):
+    """One instance per configured device."""
+
+    #: The name used in the site file's `driver:` key.
+    name: ClassVar[str]
+    #: The pydantic model of this driver's device keys.
+    config_model: ClassVar[type[DeviceConfig]] = DeviceConfig
+
+    def __init__(self, config: DeviceConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    async def poll(self) -> Sample:
+        """Read the device once. Raises DeviceError (or any exception) on failure."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold a connection
+        """Release connections. Called once when the agent stops or the device is removed."""
+
+    async def actions(self) -> list[str]:
+        """Names of the actions the device offers (NUT instant commands, genset start ...)."""
+        return []
+
+    async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
+        """Run one action; returns a short human-readable outcome, raises ActionError."""
+        raise ActionError(f"driver {self.name!r} has no action {action!r}")

@@ -1,0 +1,8 @@
+"""Fixture modules live in tests/fixtures/, one per peer, so they can be read on their own."""
+
+pytest_plugins = [
+    "tests.fixtures.procs",
+    "tests.fixtures.nut",
+    "tests.fixtures.mosquitto",
+    "tests.fixtures.simulator",
+]
