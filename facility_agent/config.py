@@ -1,0 +1,248 @@
+"""The site file: YAML in, a validated and typed `SiteConfig` out, or every problem at once.
+
+Problems carry the key path (`devices[2].port`) and the line in the file, because the person
+reading them is standing in a server room with an editor, not a debugger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .driver import DeviceConfig, Driver
+from .registry import driver_classes
+from .secrets import SecretRefError, substitute
+from .units import Duration, Identifier
+
+Loc = tuple[str | int, ...]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsConfig(_Section):
+    """TLS towards the broker. `tls: true` uses the system CAs."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: Skip hostname and certificate checks; for a lab only.
+    insecure: bool = False
+
+
+class MqttConfig(_Section):
+    host: str
+    port: int = Field(default=1883, ge=1, le=65535)
+    prefix: str = Field(default="facility", pattern=r"^[^#+/\s][^#+\s]*[^#+/\s]$|^[^#+/\s]$")
+    client_id: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    keepalive: Duration = 30.0
+    #: State is republished at least this often even when nothing changed.
+    heartbeat: Duration = 60.0
+    #: Messages kept in memory while the broker is away; the oldest go first past this.
+    queue_limit: int = Field(default=10000, ge=10)
+    reconnect_min: Duration = 0.5
+    reconnect_max: Duration = 30.0
+
+    @field_validator("tls", mode="before")
+    @classmethod
+    def _tls_flag(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        if value is False:
+            return None
+        return value
+
+
+class SiteConfig(_Section):
+    site: Identifier
+    mqtt: MqttConfig | None = None
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    # Sections of the contract whose features arrive in later releases: accepted and validated
+    # as mappings now, so that a site file written today keeps working.
+    traps: dict[str, Any] | None = None
+    influxdb: dict[str, Any] | None = None
+    prometheus: dict[str, Any] | None = None
+    notify: list[dict[str, Any]] | None = None
+
+    def device(self, device_id: str) -> DeviceConfig:
+        for dev in self.devices:
+            if dev.id == device_id:
+                return dev
+        raise KeyError(device_id)
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line else ""
+        return f"{self.path or '<file>'}{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Every problem found in a site file, not just the first one."""
+
+    def __init__(self, source: str, problems: list[ConfigProblem]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        n = len(self.problems)
+        head = f"{self.source}: {n} problem{'s' if n != 1 else ''}"
+        return "\n".join([head, *(f"  {p}" for p in self.problems)])
+
+
+def format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _Lines:
+    """Line numbers of every key path in a YAML document (1-based)."""
+
+    def __init__(self, root: yaml.Node | None) -> None:
+        self.lines: dict[Loc, int] = {}
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, loc: Loc) -> None:
+        self.lines[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else str(key.value)
+                self.lines[(*loc, name)] = key.start_mark.line + 1
+                self._walk(value, (*loc, name))
+                self.lines[(*loc, name)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, (*loc, i))
+
+    def line(self, loc: Loc) -> int | None:
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return self.lines[loc[:end]]
+        return None
+
+
+def _substitute_all(
+    data: Any, loc: Loc, env: Mapping[str, str] | None, base: Path | None, errors: list[tuple[Loc, str]]
+) -> Any:
+    if isinstance(data, dict):
+        return {k: _substitute_all(v, (*loc, k), env, base, errors) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_substitute_all(v, (*loc, i), env, base, errors) for i, v in enumerate(data)]
+    try:
+        return substitute(data, env, base)
+    except SecretRefError as exc:
+        errors.append((loc, str(exc)))
+        return None
+
+
+def _pydantic_problems(exc: ValidationError, prefix: Loc) -> list[tuple[Loc, str]]:
+    out = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] == "string_pattern_mismatch" and "a-z0-9_-" in str(err.get("ctx")):
+            msg = "may only hold lowercase letters, digits, '-' and '_'"
+        out.append(((*prefix, *loc), msg))
+    return out
+
+
+def parse_site(
+    text: str,
+    source: str = "<site>",
+    *,
+    env: Mapping[str, str] | None = None,
+    base: Path | None = None,
+    drivers: Callable[[], Mapping[str, type[Driver]]] = driver_classes,
+) -> SiteConfig:
+    """Validate a whole site file; raises ConfigError listing every problem."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text) if root is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {problem}", line)]) from None
+    lines = _Lines(root)
+    errors: list[tuple[Loc, str]] = []
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigProblem("", "the site file must be a mapping (site:, devices: ...)", 1)])
+
+    data = _substitute_all(data, (), env, base, errors)
+    raw_devices = data.pop("devices", None)
+    devices: list[DeviceConfig] = []
+    if raw_devices is None:
+        raw_devices = []
+    if not isinstance(raw_devices, list):
+        errors.append((("devices",), "must be a list of devices"))
+        raw_devices = []
+    known = drivers()
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(raw_devices):
+        loc: Loc = ("devices", i)
+        if not isinstance(raw, dict):
+            errors.append((loc, "each device must be a mapping with id: and driver:"))
+            continue
+        name = raw.get("driver")
+        if name is None:
+            errors.append(((*loc, "driver"), "required key is missing"))
+            continue
+        if name not in known:
+            names = ", ".join(sorted(known)) or "none installed"
+            errors.append(((*loc, "driver"), f"unknown driver {name!r} (installed: {names})"))
+            continue
+        try:
+            dev = known[name].config_model.model_validate(raw)
+        except ValidationError as exc:
+            errors.extend(_pydantic_problems(exc, loc))
+            continue
+        if dev.id in seen:
+            errors.append(((*loc, "id"), f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])"))
+            continue
+        seen[dev.id] = i
+        devices.append(dev)
+
+    site: SiteConfig | None = None
+    try:
+        site = SiteConfig.model_validate({**data, "devices": []})
+    except ValidationError as exc:
+        errors.extend(_pydantic_problems(exc, ()))
+    if errors or site is None:
+        errors.sort(key=lambda e: lines.line(e[0]) or 0)
+        problems = [ConfigProblem(format_loc(loc), msg, lines.line(loc)) for loc, msg in errors]
+        raise ConfigError(source, problems)
+    return site.model_copy(update={"devices": devices})
+
+
+def load_site(path: str | Path, *, env: Mapping[str, str] | None = None) -> SiteConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(str(path), [ConfigProblem("", f"cannot read the file: {exc.strerror}")]) from None
+    return parse_site(text, str(path), env=env, base=path.parent)
