@@ -143,7 +143,11 @@ class _Lines:
 
 
 def _substitute_all(
-    data: Any, loc: Loc, env: Mapping[str, str] | None, base: Path | None, errors: list[tuple[Loc, str]]
+    data: Any,
+    loc: Loc,
+    env: Mapping[str, str] | None,
+    base: Path | None,
+    errors: list[tuple[Loc, str]],
 ) -> Any:
     if isinstance(data, dict):
         return {k: _substitute_all(v, (*loc, k), env, base, errors) for k, v in data.items()}
@@ -191,7 +195,9 @@ def parse_site(
     lines = _Lines(root)
     errors: list[tuple[Loc, str]] = []
     if not isinstance(data, dict):
-        raise ConfigError(source, [ConfigProblem("", "the site file must be a mapping (site:, devices: ...)", 1)])
+        raise ConfigError(
+            source, [ConfigProblem("", "the site file must be a mapping (site:, devices: ...)", 1)]
+        )
 
     data = _substitute_all(data, (), env, base, errors)
     raw_devices = data.pop("devices", None)
@@ -222,7 +228,9 @@ def parse_site(
             errors.extend(_pydantic_problems(exc, loc))
             continue
         if dev.id in seen:
-            errors.append(((*loc, "id"), f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])"))
+            errors.append(
+                ((*loc, "id"), f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])")
+            )
             continue
         seen[dev.id] = i
         devices.append(dev)
@@ -244,5 +252,7 @@ def load_site(path: str | Path, *, env: Mapping[str, str] | None = None) -> Site
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(str(path), [ConfigProblem("", f"cannot read the file: {exc.strerror}")]) from None
+        raise ConfigError(
+            str(path), [ConfigProblem("", f"cannot read the file: {exc.strerror}")]
+        ) from None
     return parse_site(text, str(path), env=env, base=path.parent)

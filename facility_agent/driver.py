@@ -24,7 +24,7 @@ from .units import Duration, Identifier
 
 
 class DeviceConfig(BaseModel):
-    """Keys every device has. A driver subclasses this with its own keys (unknown keys are errors)."""
+    """Keys every device has; a driver subclasses it with its own keys (unknown keys are errors)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -31,7 +31,9 @@ def _resolve_one(ref: str, env: Mapping[str, str], base: Path | None) -> str:
         except OSError as exc:
             raise SecretRefError(f"cannot read secret file {str(path)!r}: {exc.strerror}") from None
     if not _ENV_NAME.match(ref):
-        raise SecretRefError(f"'${{{ref}}}' is not a valid reference: use ${{ENV_VAR}} or ${{file:PATH}}")
+        raise SecretRefError(
+            f"'${{{ref}}}' is not a valid reference: use ${{ENV_VAR}} or ${{file:PATH}}"
+        )
     if ref not in env:
         raise SecretRefError(f"environment variable {ref} is not set")
     return env[ref]

@@ -1,0 +1,156 @@
+"""Wires one site together: drivers -> pollers -> site state -> sinks; starts and stops cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from .config import SiteConfig
+from .driver import Driver
+from .model import DeviceState, Event, Severity, utcnow
+from .poller import DevicePoller, PollFailed, PollOk, PollOutcome
+from .registry import driver_class
+from .sinks.base import Sink
+from .state import SiteState, Transition
+
+log = logging.getLogger(__name__)
+
+StateListener = Callable[[DeviceState], None]
+EventListener = Callable[[Event], None]
+
+_LOG_LEVEL = {
+    Severity.INFO: logging.INFO,
+    Severity.WARNING: logging.WARNING,
+    Severity.CRITICAL: logging.ERROR,
+}
+_ALERT_FLAGS = frozenset({"OB", "LB", "FSD", "OVER", "BYPASS"})
+
+
+def default_sinks(config: SiteConfig) -> list[Sink]:
+    sinks: list[Sink] = []
+    if config.mqtt is not None:
+        from .sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(config.mqtt, config.site))
+    for section in ("traps", "influxdb", "prometheus", "notify"):
+        if getattr(config, section) is not None:
+            log.warning("the %r section is accepted but not acted on by this version", section)
+    return sinks
+
+
+class Agent:
+    def __init__(self, config: SiteConfig, sinks: list[Sink] | None = None) -> None:
+        self.config = config
+        self.state = SiteState(config.site)
+        self.sinks: list[Sink] = default_sinks(config) if sinks is None else sinks
+        self.drivers: dict[str, Driver] = {}
+        self.pollers: dict[str, DevicePoller] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state_listeners: list[StateListener] = []
+        self._event_listeners: list[EventListener] = []
+        self._last_published: dict[str, float] = {}
+        self.heartbeat = config.mqtt.heartbeat if config.mqtt else 60.0
+
+    def on_state(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
+
+    def on_event(self, listener: EventListener) -> None:
+        self._event_listeners.append(listener)
+
+    async def start(self) -> None:
+        for dev in self.config.devices:
+            driver = driver_class(dev.driver)(dev)
+            self.drivers[dev.id] = driver
+            self.pollers[dev.id] = DevicePoller(driver, self._handle)
+        for sink in self.sinks:
+            await sink.start()
+        for poller in self.pollers.values():
+            self._tasks.append(asyncio.create_task(poller.run(), name=f"poll:{poller.device}"))
+        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        log.info(
+            "agent for site %s started: %d device(s), %d sink(s)",
+            self.config.site,
+            len(self.drivers),
+            len(self.sinks),
+        )
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop polling, close devices, then let the sinks deliver what they hold."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for device, driver in self.drivers.items():
+            try:
+                await asyncio.wait_for(driver.close(), 2.0)
+            except Exception as exc:
+                log.warning("closing %s failed: %s", device, exc)
+        for sink in self.sinks:
+            try:
+                await sink.stop(timeout)
+            except Exception:
+                log.exception("stopping sink %s failed", type(sink).__name__)
+        log.info("agent for site %s stopped", self.config.site)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    def _handle(self, outcome: PollOutcome) -> None:
+        driver = self.drivers[outcome.device].name
+        if isinstance(outcome, PollOk):
+            transition = self.state.apply_sample(driver, outcome.sample)
+        elif isinstance(outcome, PollFailed):
+            log.debug(
+                "poll of %s failed (%d): %s", outcome.device, outcome.failures, outcome.error.reason
+            )
+            if not outcome.lost:
+                return
+            transition = self.state.apply_lost(
+                outcome.device, driver, outcome.error.reason, utcnow()
+            )
+        self._deliver(transition)
+        poller = self.pollers[outcome.device]
+        st = transition.state
+        poller.set_alert(st.comm == "lost" or bool(_ALERT_FLAGS & set(st.status)))
+
+    def _deliver(self, transition: Transition) -> None:
+        state = transition.state
+        if transition.changed:
+            self._publish_state(state)
+        for event in transition.events:
+            log.log(
+                _LOG_LEVEL[event.severity],
+                "[%s] %s (event %s)",
+                event.type,
+                event.message,
+                event.id,
+            )
+            for sink in self.sinks:
+                sink.publish_event(event)
+            for listener in self._event_listeners:
+                listener(event)
+
+    def _publish_state(self, state: DeviceState) -> None:
+        self._last_published[state.device] = time.monotonic()
+        for sink in self.sinks:
+            sink.publish_state(state)
+        for listener in self._state_listeners:
+            listener(state)
+
+    async def _heartbeat(self) -> None:
+        """Republish every state at least once per heartbeat, even when nothing changed."""
+        tick = min(1.0, self.heartbeat / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for device, state in self.state.all().items():
+                if now - self._last_published.get(device, 0.0) >= self.heartbeat:
+                    with contextlib.suppress(Exception):
+                        self._publish_state(state)
