@@ -214,6 +214,13 @@ def parse_site(
         if not isinstance(raw, dict):
             errors.append((loc, "each device must be a mapping with id: and driver:"))
             continue
+        raw_id = raw.get("id")
+        if isinstance(raw_id, str) and raw_id in seen:
+            msg = f"duplicate device id {raw_id!r} (also devices[{seen[raw_id]}])"
+            errors.append(((*loc, "id"), msg))
+            continue
+        if isinstance(raw_id, str):
+            seen[raw_id] = i
         name = raw.get("driver")
         if name is None:
             errors.append(((*loc, "driver"), "required key is missing"))
@@ -223,17 +230,9 @@ def parse_site(
             errors.append(((*loc, "driver"), f"unknown driver {name!r} (installed: {names})"))
             continue
         try:
-            dev = known[name].config_model.model_validate(raw)
+            devices.append(known[name].config_model.model_validate(raw))
         except ValidationError as exc:
             errors.extend(_pydantic_problems(exc, loc))
-            continue
-        if dev.id in seen:
-            errors.append(
-                ((*loc, "id"), f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])")
-            )
-            continue
-        seen[dev.id] = i
-        devices.append(dev)
 
     site: SiteConfig | None = None
     try:

@@ -1,0 +1,148 @@
+"""`facility-agent`: run | check | demo | simulate.
+
+Exit codes are part of the contract: 0 success, 1 invalid input (site file, arguments),
+2 a runtime failure that stopped the agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, SiteConfig, load_site
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_RUNTIME = 2
+
+log = logging.getLogger("facility_agent")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad arguments; the contract says invalid input is 1."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {message}\n")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(path: str) -> SiteConfig | None:
+    try:
+        return load_site(Path(path))
+    except ConfigError as exc:
+        print(exc.render(), file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    site = _load(args.config)
+    if site is None:
+        return EXIT_INVALID
+    print(f"{args.config}: OK, site {site.site!r}, {len(site.devices)} device(s)")
+    return EXIT_OK
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _run_agent(site: SiteConfig) -> None:
+    from .agent import Agent
+
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    await Agent(site).run(stop)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    site = _load(args.config)
+    if site is None:
+        return EXIT_INVALID
+    try:
+        asyncio.run(_run_agent(site))
+    except Exception:
+        log.exception("the agent stopped on an unexpected error")
+        return EXIT_RUNTIME
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .simulate_cmd import simulate
+
+    return simulate(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    return demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="facility-agent",
+        description="Keeps a server room alive through power and network trouble.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("run", help="run the agent in the foreground until SIGTERM/SIGINT")
+    p.add_argument("-c", "--config", required=True, help="site file (YAML)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check", help="validate a site file; list every problem")
+    p.add_argument("-c", "--config", required=True, help="site file (YAML)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "simulate", help="serve the bundled simulated site so any client can be pointed at it"
+    )
+    p.add_argument("--site", help="simulated site file (default: the bundled sim-site.yaml)")
+    p.add_argument("--scenario", help="scenario name (bundled) or YAML file to play")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--nut-port", type=int, default=3493, help="NUT (upsd) port; 0 = any free")
+    p.add_argument(
+        "--exit-after-scenario", action="store_true", help="stop when the scenario has ended"
+    )
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "demo", help="run the agent against the simulated site through a scripted outage"
+    )
+    p.add_argument("--scenario", default="utility-outage", help="scenario to play")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
