@@ -78,7 +78,8 @@ class _Shared:
     users: int = 0
 
 
-_Key = tuple[str, int, str | None, str | None, str | None]
+#: (host, port, username, password, LOGIN ups); SecretStr compares by value, prints masked.
+_Key = tuple[str, int, str | None, SecretStr | None, str | None]
 #: One pool per event loop: a connection belongs to the loop that opened it.
 _POOLS: weakref.WeakKeyDictionary[AbstractEventLoop, dict[_Key, _Shared]] = (
     weakref.WeakKeyDictionary()
@@ -89,7 +90,7 @@ def _acquire(cfg: NutDeviceConfig) -> tuple[_Key, NutClient]:
     password = cfg.password.get_secret_value() if cfg.password is not None else None
     login = cfg.ups if cfg.login else None
     # LOGIN is once per connection, so a device that logs in gets a connection of its own UPS.
-    key: _Key = (cfg.host, cfg.port, cfg.username, password, login)
+    key: _Key = (cfg.host, cfg.port, cfg.username, cfg.password, login)
     pool = _POOLS.setdefault(get_running_loop(), {})
     shared = pool.get(key)
     if shared is None:
@@ -180,7 +181,7 @@ class NutDriver(Driver):
                 done = "FSD"
             else:
                 value = params.get("value")
-                reply = await client.instcmd(cfg.ups, action, None if value is None else value)
+                reply = await client.instcmd(cfg.ups, action, value)
                 done = f"INSTCMD {action}"
         except proto.NutServerError as exc:
             raise ActionError(f"device {cfg.id}: {exc.reason}") from exc

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from facility_agent.drivers import nut_protocol as p
-from facility_agent.drivers.nut import convert_metric
+from facility_agent.drivers.nut import NutDeviceConfig, NutDriver, convert_metric
+from pydantic import ValidationError
 
 from facility_agent.driver import AuthError, DeviceError, NotFoundError, ProtocolError
 
@@ -154,3 +155,37 @@ def test_identifiers_stay_text_even_when_numeric() -> None:
     assert convert_metric("ups.serial", "123456") == "123456"
     assert convert_metric("ups.firmware", "1.0") == "1.0"
     assert convert_metric("battery.charge", "100") == 100
+
+
+def _cfg(**extra: object) -> NutDeviceConfig:
+    keys = {"id": "ups-a", "driver": "nut", "host": "127.0.0.1", "ups": "ups-a", **extra}
+    return NutDeviceConfig.model_validate(keys)
+
+
+def test_config_defaults() -> None:
+    cfg = _cfg()
+    assert (cfg.port, cfg.interval, cfg.login, cfg.allow_writes) == (3493, 1.0, False, False)
+    assert cfg.username is None and cfg.password is None
+    assert _cfg(interval="500ms").interval == 0.5
+
+
+def test_config_refuses_line_breaks_and_hides_the_password() -> None:
+    for key in ("ups", "host", "username", "password"):
+        with pytest.raises(ValidationError):
+            _cfg(**{key: "x\nFSD ups-a"})
+    cfg = _cfg(username="mon", password="hunter2")
+    assert "hunter2" not in repr(cfg) and "hunter2" not in str(cfg.model_dump())
+
+
+async def test_pool_shares_by_server_and_credentials() -> None:
+    a = NutDriver(_cfg(username="u", password="pw-secret"))
+    b = NutDriver(_cfg(id="ups-b", ups="ups-b", username="u", password="pw-secret"))
+    c = NutDriver(_cfg(id="ups-c", username="u", password="other"))
+    d = NutDriver(_cfg(id="ups-d", username="u", password="pw-secret", login=True))
+    try:
+        assert a._conn() is b._conn()
+        assert c._conn() is not a._conn() and d._conn() is not a._conn()
+        assert repr(a._conn()) != "p" and "password" not in repr(a._conn())
+    finally:
+        for driver in (a, b, c, d):
+            await driver.close()
