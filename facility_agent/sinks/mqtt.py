@@ -1,0 +1,440 @@
+"""The MQTT output: `P/agent/status`, `P/{device}/state` and `P/events`, as CONTRACT.md promises.
+
+paho-mqtt runs its own network thread (`loop_start`) and reconnects with exponential backoff. On
+top of it this sink keeps its own ordered in-memory queue so that nothing published while the
+broker is away is lost (up to `queue_limit`, oldest dropped first) and everything is re-sent in
+order after a reconnect.
+
+What paho 2.2 does by itself (read in paho/mqtt/client.py), and why we take it over:
+
+* `publish()` of a QoS>0 message always stores it in `Client._out_messages`, even when not
+  connected (rc MQTT_ERR_NO_CONN, state `mqtt_ms_publish`); the message stays there until its
+  PUBACK arrives (`_do_on_publish` pops it).
+* On every reconnect, `reconnect()` runs `_messages_reconnect_reset_out()`, which marks every
+  unacknowledged QoS1 message for re-sending (dup flag set), and `_handle_connack()` re-sends them
+  right after `on_connect` returns - also with `clean_session=True`.
+* So if we both kept our own queue and let paho keep its own, a message lost in flight would be
+  sent twice after a reconnect (once by paho, once by us), and paho's copy is unbounded.
+
+Therefore `on_connect` (which paho calls on its thread before that re-send loop) empties paho's
+store with `drop_out_messages()`, and our queue is the single source of truth: a message leaves it
+only when its PUBACK arrives; on disconnect everything unacknowledged goes back to the front of
+the queue in its original order and is re-sent, after `online`, once connected again. A message
+acknowledged by the broker whose PUBACK was lost is sent again: QoS1 is at-least-once, and events
+keep their `id` (the payload bytes are built once) so consumers can drop duplicates.
+
+Threading: paho's callbacks only hand over to the event loop (`call_soon_threadsafe`); the queue
+and counters are touched on the event loop thread alone, so no lock is needed, and there is no
+lock to deadlock against paho's own mutexes (paho calls `on_publish` holding its
+`_out_message_mutex`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from ..config import MqttConfig
+from ..model import DeviceState, Event
+
+log = logging.getLogger(__name__)
+
+#: Messages handed to paho and not yet acknowledged. paho measured 9.2k msg/s at 20 in flight on
+#: this kind of machine (PEERS.md); a little more absorbs PUBACK latency on a busier broker.
+MAX_IN_FLIGHT = 32
+
+#: How long a clean stop waits for the broker to acknowledge `offline` at most.
+OFFLINE_ACK_WAIT = 2.0
+
+
+class MqttSinkError(Exception):
+    """The MQTT settings cannot be used (a TLS file that cannot be read, ...)."""
+
+
+@dataclass(slots=True)
+class _Message:
+    topic: str
+    payload: bytes
+    retain: bool
+    #: `online`/`offline`: not counted in stats and never re-queued (a fresh one is sent).
+    control: bool = False
+
+
+class MqttSink:
+    """Publishes device states and events to one MQTT broker, surviving its outages."""
+
+    def __init__(self, config: MqttConfig, site: str) -> None:
+        self.config = config
+        self.site = site
+        self.prefix = f"{config.prefix}/{site}"
+        self.status_topic = f"{self.prefix}/agent/status"
+        self.client_id = config.client_id or f"facility-agent-{site}-{secrets.token_hex(4)}"
+        self._where = f"{config.host}:{config.port}"
+        self._queue: deque[_Message] = deque()
+        self._in_flight: dict[int, _Message] = {}
+        self._counts = {"sent": 0, "dropped": 0, "connects": 0, "disconnects": 0}
+        self._connected = False
+        self._stopping = False
+        self._drop_warned = False
+        self._outage_logged = False
+        self._status_acked: asyncio.Future[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._client: mqtt.Client | None = None
+        self._net_thread: threading.Thread | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    # -- the API the agent uses ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin connecting in the background; returns at once even if the broker is down."""
+        if self._client is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._stopping = False
+        self._start_client()
+        self._watchdog = asyncio.create_task(self._watch(), name="mqtt-sink-watchdog")
+
+    def publish_state(self, state: DeviceState) -> None:
+        """Queue the device's state (retained, QoS1); never blocks."""
+        payload = orjson.dumps(state.payload(self.site))
+        self._submit(_Message(f"{self.prefix}/{state.device}/state", payload, retain=True))
+
+    def publish_event(self, event: Event) -> None:
+        """Queue an event (not retained, QoS1); the payload, with its id, is built only once."""
+        self._submit(_Message(f"{self.prefix}/events", orjson.dumps(event.payload()), retain=False))
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (until `timeout`), publish `offline` retained, disconnect.
+
+        A clean DISCONNECT keeps the broker from firing the last will; the explicit `offline`
+        takes its place.
+        """
+        client = self._client
+        if client is None or self._stopping:
+            return
+        deadline = time.monotonic() + timeout
+        await self.wait_idle(timeout)
+        self._stopping = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        if self._connected:
+            assert self._loop is not None
+            self._status_acked = self._loop.create_future()
+            self._send(_Message(self.status_topic, b"offline", retain=True, control=True))
+            wait = min(OFFLINE_ACK_WAIT, max(0.5, deadline - time.monotonic()))
+            try:
+                await asyncio.wait_for(asyncio.shield(self._status_acked), wait)
+            except TimeoutError:
+                log.warning(
+                    "MQTT broker %s did not acknowledge 'offline' in %.1f s", self._where, wait
+                )
+        client.disconnect()
+        await asyncio.to_thread(client.loop_stop)
+        self._client = None
+        self._connected = False
+        # Whatever paho still held is ours again (counted below), not paho's to re-send.
+        client.drop_out_messages()
+        self._requeue()
+        left = len(self._queue)
+        if left:
+            log.warning(
+                "MQTT sink stopped with %d message(s) not acknowledged by %s", left, self._where
+            )
+        log.info("MQTT sink for %s stopped", self.prefix)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def stats(self) -> dict[str, int]:
+        in_flight = sum(1 for m in self._in_flight.values() if not m.control)
+        return {"queued": len(self._queue), "in_flight": in_flight, **self._counts}
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once nothing is queued or in flight, False if `timeout` passes first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- the queue (event loop thread only) -------------------------------------------------
+
+    def _submit(self, msg: _Message) -> None:
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._enqueue, msg)
+        else:
+            self._enqueue(msg)
+
+    def _enqueue(self, msg: _Message) -> None:
+        self._queue.append(msg)
+        self._idle.clear()
+        self._trim()
+        self._pump()
+
+    def _trim(self) -> None:
+        """Past `queue_limit`, drop the oldest; one warning per outage."""
+        excess = len(self._queue) - self.config.queue_limit
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self._queue.popleft()
+        self._counts["dropped"] += excess
+        if not self._drop_warned:
+            self._drop_warned = True
+            log.warning(
+                "MQTT queue full (%d messages) while %s is unreachable: dropping the oldest",
+                self.config.queue_limit,
+                self._where,
+            )
+
+    def _pump(self) -> None:
+        """Hand queued messages to paho, in order, while there is room in flight."""
+        while (
+            self._connected
+            and not self._stopping
+            and self._queue
+            and len(self._in_flight) < MAX_IN_FLIGHT
+        ):
+            msg = self._queue.popleft()
+            if not self._send(msg):
+                self._queue.appendleft(msg)
+                break
+        self._check_idle()
+
+    def _send(self, msg: _Message) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            info = client.publish(msg.topic, msg.payload, qos=1, retain=msg.retain)
+        except Exception:
+            log.exception("handing a message for %s to paho failed", msg.topic)
+            return False
+        # A publish racing with a lost connection (rc NO_CONN) stays in flight here: the
+        # disconnect that follows puts it back in the queue, and on_connect removes paho's copy.
+        self._in_flight[info.mid] = msg
+        return True
+
+    def _requeue(self) -> None:
+        """Put everything unacknowledged back at the front of the queue, in original order."""
+        pending = [m for m in self._in_flight.values() if not m.control]
+        self._in_flight.clear()
+        self._queue.extendleft(reversed(pending))
+        self._trim()
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._queue or any(not m.control for m in self._in_flight.values()):
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+    # -- paho's events, replayed on the event loop ------------------------------------------
+
+    def _connected_now(self, client: Any) -> None:
+        if client is not self._client or self._stopping:
+            return
+        self._requeue()  # in case a disconnect was never reported
+        self._connected = True
+        self._counts["connects"] += 1
+        self._drop_warned = False
+        self._outage_logged = False
+        log.info(
+            "connected to MQTT broker %s as %s (%d message(s) queued)",
+            self._where,
+            self.client_id,
+            len(self._queue),
+        )
+        self._send(_Message(self.status_topic, b"online", retain=True, control=True))
+        self._pump()
+
+    def _disconnected_now(self, client: Any, reason: str) -> None:
+        if client is not self._client:
+            return
+        was_connected = self._connected
+        self._connected = False
+        self._requeue()
+        if self._stopping:
+            return
+        if was_connected:
+            self._counts["disconnects"] += 1
+            log.warning(
+                "lost the MQTT broker %s (%s); reconnecting, %d message(s) kept",
+                self._where,
+                reason,
+                len(self._queue),
+            )
+        elif not self._outage_logged:
+            self._outage_logged = True
+            log.warning(
+                "MQTT broker %s closed the connection before accepting it (%s); retrying",
+                self._where,
+                reason,
+            )
+
+    def _acked(self, client: Any, mid: int, failure: str | None) -> None:
+        if client is not self._client:
+            return
+        msg = self._in_flight.pop(mid, None)
+        if msg is None:
+            return
+        if msg.control:
+            if msg.payload == b"offline" and self._status_acked and not self._status_acked.done():
+                self._status_acked.set_result(None)
+        elif failure:
+            self._counts["dropped"] += 1
+            log.warning(
+                "MQTT broker %s refused a message on %s: %s", self._where, msg.topic, failure
+            )
+        else:
+            self._counts["sent"] += 1
+        self._pump()
+
+    # -- paho's thread -----------------------------------------------------------------------
+
+    def _start_client(self) -> None:
+        client = self._make_client()
+        self._client = client
+        client.connect_async(self.config.host, self.config.port, keepalive=self._keepalive())
+        client.loop_start()
+        # paho keeps no public handle on its network thread; the watchdog needs one.
+        thread = getattr(client, "_thread", None)
+        self._net_thread = thread if isinstance(thread, threading.Thread) else None
+
+    def _keepalive(self) -> int:
+        return max(1, round(self.config.keepalive))
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.config
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        # A bug in a callback must not kill paho's network thread: paho logs it instead.
+        client.suppress_exceptions = True
+        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        # 0 = no limit in paho; our own window (MAX_IN_FLIGHT) decides what is in flight.
+        client.max_inflight_messages_set(0)
+        # Typed as int, but paho only multiplies and compares the delays: sub-second ones work.
+        client.reconnect_delay_set(cfg.reconnect_min, cfg.reconnect_max)  # type: ignore[arg-type]
+        client.will_set(self.status_topic, b"offline", qos=1, retain=True)
+        if cfg.username is not None:
+            password = cfg.password.get_secret_value() if cfg.password is not None else None
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls is not None:
+            tls = cfg.tls
+            try:
+                client.tls_set(
+                    ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                    certfile=str(tls.cert_file) if tls.cert_file else None,
+                    keyfile=str(tls.key_file) if tls.key_file else None,
+                    cert_reqs=ssl.CERT_NONE if tls.insecure else ssl.CERT_REQUIRED,
+                )
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise MqttSinkError(f"mqtt.tls: cannot load the TLS files: {exc}") from None
+            if tls.insecure:
+                client.tls_insecure_set(True)
+        client.on_socket_open = self._on_socket_open
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn` on the event loop; a closed loop (agent gone) is not paho's problem."""
+        loop = self._loop
+        if loop is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: Any, userdata: Any, sock: Any) -> None:
+        # Nagle delays small publishes behind the broker's delayed ACK; PEERS.md measured p99
+        # latency falling from up to 9 ms to about 1 ms with TCP_NODELAY.
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_connect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        try:
+            if reason_code.is_failure:
+                self._log_refused(reason_code)
+                return
+            # See the module docstring: our queue re-sends, paho must not.
+            client.drop_out_messages()
+            self._call(self._connected_now, client)
+        except Exception:
+            log.exception("MQTT on_connect failed")
+
+    def _log_refused(self, reason_code: ReasonCode) -> None:
+        hint = ""
+        text = str(reason_code)
+        if "authori" in text.lower() or "password" in text.lower():
+            hint = " (check mqtt.username and mqtt.password)"
+        level = logging.DEBUG if self._outage_logged else logging.ERROR
+        self._outage_logged = True
+        log.log(level, "MQTT broker %s refused the connection: %s%s", self._where, text, hint)
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        level = logging.DEBUG if self._outage_logged else logging.WARNING
+        self._outage_logged = True
+        log.log(level, "cannot reach MQTT broker %s; retrying with backoff", self._where)
+
+    def _on_disconnect(
+        self, client: Any, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        try:
+            self._call(self._disconnected_now, client, str(reason_code))
+        except Exception:
+            log.exception("MQTT on_disconnect failed")
+
+    def _on_publish(
+        self, client: Any, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any
+    ) -> None:
+        try:
+            failure = str(reason_code) if reason_code.is_failure else None
+            self._call(self._acked, client, mid, failure)
+        except Exception:
+            log.exception("MQTT on_publish failed")
+
+    async def _watch(self) -> None:
+        """Restart paho's network thread should something odd from the broker ever kill it."""
+        while not self._stopping:
+            await asyncio.sleep(1.0)
+            thread = self._net_thread
+            if self._stopping or thread is None or thread.is_alive():
+                continue
+            log.error("the MQTT network thread for %s died; starting a new client", self._where)
+            old = self._client
+            self._disconnected_now(old, "network thread died")
+            try:
+                if old is not None:
+                    old.drop_out_messages()
+                self._start_client()
+            except Exception:
+                log.exception("restarting the MQTT client failed")
