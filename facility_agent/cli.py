@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the agent against the simulated site through a scripted outage"
     )
     p.add_argument("--scenario", default="utility-outage", help="scenario to play")
-    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per real second")
+    p.add_argument("--speed", type=float, default=3.0, help="simulated seconds per real second [3]")
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.set_defaults(func=cmd_demo)
     return parser

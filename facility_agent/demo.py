@@ -1,0 +1,324 @@
+"""`facility-agent demo`: the whole path on a fresh machine, with nothing to configure.
+
+The bundled simulated site serves NUT on a free port, a private Mosquitto listens on another,
+and the agent polls the one and publishes to the other, exactly as it would on a real site.
+What the demo shows comes back through the broker, so it is what any MQTT consumer would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from .agent import Agent
+from .config import MqttConfig, SiteConfig
+from .local_broker import BrokerError, LocalMosquitto
+from .mqtt_watch import MqttWatcher, Received, SiteView
+from .registry import driver_class
+
+log = logging.getLogger(__name__)
+
+SITE = "demo"
+PREFIX = "facility"
+#: Real seconds to keep watching after the scenario's last simulated second.
+SETTLE = 2.0
+#: Which event, from which devices, a scenario action should produce; None = every UPS.
+EXPECTED: dict[str, str] = {
+    "utility.fail": "power.on_battery",
+    "utility.restore": "power.on_line",
+    "ups.comm_dead": "device.comm_lost",
+    "ups.driver_down": "device.comm_lost",
+    "ups.comm_restore": "device.comm_restored",
+    "ups.driver_up": "device.comm_restored",
+}
+SEVERITY_STYLE = {"info": "green", "warning": "yellow", "critical": "bold red"}
+
+
+@dataclass
+class StepSeen:
+    action: str
+    target: str | None
+    sim_time: float
+    at: float
+    note: str | None
+
+
+@dataclass
+class DemoRun:
+    scenario: str
+    speed: float
+    steps: list[StepSeen] = field(default_factory=list)
+    world: dict[str, Any] = field(default_factory=dict)
+    sim_time: float = 0.0
+    duration: float = 0.0
+
+
+def build_site(nut_port: int, broker_port: int, ups_names: list[str]) -> SiteConfig:
+    """The agent's site file for the simulated site, validated by the same models as any other."""
+    nut = driver_class("nut").config_model
+    devices = [
+        nut.model_validate(
+            {
+                "id": name,
+                "driver": "nut",
+                "host": "127.0.0.1",
+                "port": nut_port,
+                "ups": name,
+                "interval": 0.5,
+                "timeout": 1.0,
+                "lost_after": 2,
+            }
+        )
+        for name in ups_names
+    ]
+    mqtt = MqttConfig(host="127.0.0.1", port=broker_port, prefix=PREFIX, heartbeat=30.0)
+    return SiteConfig(site=SITE, mqtt=mqtt, devices=devices)
+
+
+def _fmt_num(value: Any, suffix: str = "", scale: float = 1.0) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{value / scale:.0f}{suffix}"
+    return "-"
+
+
+def describe_world(world: dict[str, Any]) -> str:
+    if not world:
+        return ""
+    gen = world.get("generator") or {}
+    ats = world.get("ats") or {}
+    utility = "up" if (world.get("utility") or {}).get("up") else "DOWN"
+    fault = f" ({gen['fault']})" if gen.get("fault") else ""
+    return (
+        f"utility {utility}, generator {gen.get('state', '-')}{fault}, "
+        f"ATS on {ats.get('source', '-')}"
+    )
+
+
+def render(run: DemoRun, view: SiteView, started: float) -> Group:
+    world = describe_world(run.world)
+    head = Text.assemble(
+        ("facility-agent demo", "bold"),
+        f"  scenario {run.scenario}  x{run.speed:g}  ",
+        f"t={run.sim_time:5.1f}/{run.duration:.0f} s simulated, "
+        f"{time.monotonic() - started:4.1f} s real\n",
+        ("world: ", "bold"),
+        (world, "bold red" if "DOWN" in world or "fault" in world else "green"),
+        f"\nagent on MQTT: {view.agent_status or '-'}",
+    )
+    devices = Table(title="devices, as published on MQTT", expand=True)
+    for col in ("device", "comm", "status", "charge", "runtime", "load", "input V"):
+        devices.add_column(col)
+    for name, st in sorted(view.states.items()):
+        m = st.get("metrics", {})
+        status = " ".join(st.get("status", []))
+        devices.add_row(
+            name,
+            Text(st.get("comm", "?"), "green" if st.get("comm") == "ok" else "bold red"),
+            Text(status, "bold red" if "OB" in status.split() else "green"),
+            _fmt_num(m.get("battery.charge"), "%"),
+            _fmt_num(m.get("battery.runtime"), " min", 60),
+            _fmt_num(m.get("ups.load"), "%"),
+            _fmt_num(m.get("input.voltage")),
+        )
+    events = Table(title="events on MQTT", expand=True)
+    for col in ("+s", "severity", "type", "message"):
+        events.add_column(col)
+    for rec in view.events[-10:]:
+        ev = rec.payload
+        events.add_row(
+            f"{rec.at - started:5.1f}",
+            Text(ev.get("severity", ""), SEVERITY_STYLE.get(ev.get("severity", ""), "")),
+            ev.get("type", ""),
+            ev.get("message", ""),
+        )
+    return Group(head, devices, events)
+
+
+class PlainPrinter:
+    """Plain lines for logs and pipes: each scenario step, event and status change once."""
+
+    def __init__(self, out: Callable[[str], None], started: float) -> None:
+        self.out = out
+        self.started = started
+        self.steps = 0
+        self.events = 0
+        self.status: dict[str, tuple[str, str]] = {}
+        self.world: str = ""
+
+    def update(self, run: DemoRun, view: SiteView) -> None:
+        world = describe_world(run.world)
+        if world and world != self.world:
+            self.world = world
+            self.out(f"[{time.monotonic() - self.started:6.2f}s] world: {world}")
+        for step in run.steps[self.steps :]:
+            target = f" {step.target}" if step.target else ""
+            note = f" ({step.note})" if step.note else ""
+            self.out(f"[{step.at - self.started:6.2f}s] world: {step.action}{target}{note}")
+        self.steps = len(run.steps)
+        for rec in view.events[self.events :]:
+            ev = rec.payload
+            self.out(
+                f"[{rec.at - self.started:6.2f}s] event {ev.get('severity')}: "
+                f"{ev.get('type')} {ev.get('device')}: {ev.get('message')}"
+            )
+        self.events = len(view.events)
+        for name, st in sorted(view.states.items()):
+            now = (st.get("comm", "?"), " ".join(st.get("status", [])))
+            if self.status.get(name) != now:
+                self.status[name] = now
+                m = st.get("metrics", {})
+                self.out(
+                    f"[{time.monotonic() - self.started:6.2f}s] state {name}: comm {now[0]}, "
+                    f"status {now[1] or '-'}, charge {_fmt_num(m.get('battery.charge'), '%')}, "
+                    f"runtime {_fmt_num(m.get('battery.runtime'), ' min', 60)}"
+                )
+
+
+def detection(run: DemoRun, events: list[Received], ups: list[str]) -> list[tuple[str, str, float]]:
+    """(what happened in the world, device, seconds until its event arrived on MQTT)."""
+    found = []
+    for step in run.steps:
+        expected = EXPECTED.get(step.action)
+        if expected is None:
+            continue
+        for device in [step.target] if step.target else ups:
+            for rec in events:
+                ev = rec.payload
+                if rec.at >= step.at and ev.get("type") == expected and ev.get("device") == device:
+                    found.append((f"{step.action} -> {expected}", device, rec.at - step.at))
+                    break
+    return found
+
+
+async def run_demo(args: argparse.Namespace, console: Console, live: bool) -> int:
+    from .simulators.serve import RunningSimulator, SimulatorOptions
+
+    started = time.monotonic()
+    run = DemoRun(scenario=args.scenario, speed=args.speed)
+
+    def on_step(applied: Any) -> None:
+        step = applied.step
+        run.steps.append(
+            StepSeen(
+                step.do, step.target, applied.time, time.monotonic(), getattr(step, "note", None)
+            )
+        )
+
+    broker = LocalMosquitto()
+    await broker.start()
+    try:
+        options = SimulatorOptions(
+            scenario=args.scenario, speed=args.speed, nut_port=0, on_step=on_step
+        )
+        async with RunningSimulator(options) as sim:
+            info = sim.info
+            run.duration = info.duration or 60.0
+            run.speed = info.speed
+            site = build_site(sim.nut_port, broker.port, list(info.ups))
+            watcher = MqttWatcher("127.0.0.1", broker.port, PREFIX, SITE)
+            await watcher.start()
+            agent = Agent(site)
+            await agent.start()
+            printer = PlainPrinter(console.print if live else print_flush, started)
+            deadline: float | None = None
+            try:
+                with (
+                    Live(console=console, refresh_per_second=4, transient=False)
+                    if live
+                    else _Null() as screen
+                ):
+                    while True:
+                        run.world = sim.site.snapshot()
+                        run.sim_time = float(run.world.get("time", 0.0))
+                        if live:
+                            screen.update(render(run, watcher.view, started))
+                        else:
+                            printer.update(run, watcher.view)
+                        if deadline is None and sim.finished.is_set():
+                            deadline = time.monotonic() + SETTLE
+                        if deadline is not None and time.monotonic() >= deadline:
+                            break
+                        await asyncio.sleep(0.25)
+            finally:
+                await agent.stop()
+                await asyncio.sleep(0.3)  # let the retained `offline` reach the watcher
+                await watcher.stop()
+    finally:
+        await broker.stop()
+
+    view = watcher.view
+    if not live:
+        printer.update(run, view)
+    return summarize(run, view, list(info.ups), started, console)
+
+
+def summarize(
+    run: DemoRun, view: SiteView, ups: list[str], started: float, console: Console
+) -> int:
+    counts: dict[str, int] = {}
+    for rec in view.events:
+        kind = rec.payload.get("type", "?")
+        counts[kind] = counts.get(kind, 0) + 1
+    lines = [
+        "",
+        f"summary: scenario {run.scenario} ({run.duration:.0f} s simulated at x{run.speed:g}) "
+        f"in {time.monotonic() - started:.1f} s",
+        f"  MQTT messages received: {view.messages}; events: "
+        + (", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) or "none"),
+        f"  agent status at the end: {view.agent_status}",
+    ]
+    for what, device, delay in detection(run, view.events, ups):
+        lines.append(f"  {what} for {device}: on MQTT {delay:.2f} s after it happened")
+    problems = []
+    missing = [u for u in ups if u not in view.states]
+    if missing:
+        problems.append(f"no state arrived on MQTT for {', '.join(missing)}")
+    if view.agent_status != "offline":
+        problems.append(f"agent status ended as {view.agent_status!r}, not 'offline'")
+    for line in lines:
+        console.print(line, highlight=False) if console.is_terminal else print_flush(line)
+    for problem in problems:
+        print_flush(f"  PROBLEM: {problem}")
+    return 2 if problems else 0
+
+
+def print_flush(line: str) -> None:
+    print(line, flush=True)
+
+
+class _Null:
+    def __enter__(self) -> _Null:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, *_: object) -> None:
+        return None
+
+
+def demo(args: argparse.Namespace) -> int:
+    console = Console()
+    live = console.is_terminal and not args.plain
+    if args.log_level != "debug":
+        # What the demo shows is what arrived on MQTT; the agent's own log lines would tear the
+        # live view and repeat every event in plain mode.
+        logging.getLogger().setLevel(logging.CRITICAL)
+    try:
+        return asyncio.run(run_demo(args, console, live))
+    except BrokerError as exc:
+        print(f"facility-agent demo: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 2

@@ -1,0 +1,52 @@
+"""`facility-agent simulate`: serve the bundled simulated site for any client to point at."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from .simulators.scenario import ScenarioError
+    from .simulators.serve import SimulatorInfo, SimulatorOptions, run_simulator
+    from .simulators.site import SiteConfigError
+
+    options = SimulatorOptions(
+        site_file=args.site,
+        scenario=args.scenario,
+        speed=args.speed,
+        host=args.host,
+        nut_port=args.nut_port,
+        stop_at_scenario_end=args.exit_after_scenario,
+    )
+
+    def ready(info: SimulatorInfo) -> None:
+        faces = ", ".join(f"{face} on {info.host}:{port}" for face, port in info.ports.items())
+        print(f"simulated site {info.site!r} serving {faces}", flush=True)
+        if info.nut_port:
+            names = " ".join(f"{u}@{info.host}:{info.nut_port}" for u in info.ups)
+            print(f"try: upsc {names.split()[0]}   (UPS: {names})", flush=True)
+        if info.scenario:
+            print(f"scenario {info.scenario!r} at x{info.speed:g}", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_simulator(options, ready=ready, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except (ScenarioError, SiteConfigError, FileNotFoundError) as exc:
+        print(f"facility-agent simulate: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"facility-agent simulate: cannot serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
