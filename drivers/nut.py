@@ -100,6 +100,7 @@ def _acquire(cfg: NutDeviceConfig) -> tuple[_Key, NutClient]:
             username=cfg.username,
             password=password,
             login=login,
+            verify_ups=cfg.ups,
             timeout=cfg.poll_timeout,
         )
         shared = pool[key] = _Shared(client)

@@ -21,7 +21,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from facility_agent.driver import DeviceError, DeviceTimeout, ProtocolError
+from facility_agent.driver import AuthError, DeviceError, DeviceTimeout, ProtocolError
 
 from . import nut_protocol as proto
 
@@ -136,6 +136,10 @@ class _LineProtocol(asyncio.Protocol):
             self.transport.abort()
 
 
+#: A variable name no UPS has, used to test credentials without changing anything.
+CREDENTIAL_PROBE_VAR = "facility-agent.credential-check"
+
+
 class NutClient:
     """One persistent connection to upsd; requests from many tasks are serialized by a lock.
 
@@ -151,6 +155,7 @@ class NutClient:
         username: str | None = None,
         password: str | None = None,
         login: str | None = None,
+        verify_ups: str | None = None,
         timeout: float = 5.0,
         max_line: int = MAX_LINE,
         max_list_lines: int = MAX_LIST_LINES,
@@ -163,6 +168,7 @@ class NutClient:
         self.username = username
         self._password = password
         self.login = login
+        self.verify_ups = verify_ups
         self.timeout = timeout
         self.max_line = max_line
         self.max_list_lines = max_list_lines
@@ -299,10 +305,58 @@ class NutClient:
                 await self._ok("PASSWORD", self._password)
             if self.login is not None:
                 await self._ok("LOGIN", self.login)
+            elif self.verify_ups is not None and self.username is not None:
+                await self._verify_credentials(self.verify_ups)
         except _Refused as refused:
             # USERNAME can only be sent once per connection: start afresh next time.
             self._discard()
             raise refused.error from None
+
+    async def _verify_credentials(self, ups: str) -> None:
+        """Find out now whether upsd takes our password, not at the first action in an outage.
+
+        upsd answers OK to USERNAME and PASSWORD whatever they are and checks them only when
+        they are used. A SET VAR of a variable no UPS has is checked for rights before the
+        variable, so it tells a refused account (ACCESS-DENIED) from a good one
+        (VAR-NOT-SUPPORTED) without changing anything. An account without SET rights may still
+        be a good upsmon account: LOGIN, on a throwaway connection, tells that one.
+        """
+        reply = await self._ask("SET", "VAR", ups, CREDENTIAL_PROBE_VAR, "0")
+        if reply[:2] != ["ERR", "ACCESS-DENIED"]:
+            return
+        if await self._login_accepted(ups):
+            return
+        raise _Refused(
+            AuthError(
+                f"NUT server {self.where} refused user {self.username!r}: wrong password, "
+                "or the account has neither SET nor upsmon rights in upsd.users"
+            )
+        )
+
+    async def _login_accepted(self, ups: str) -> bool:
+        loop = asyncio.get_running_loop()
+        try:
+            _, probe = await loop.create_connection(
+                lambda: _LineProtocol(self.where, self.max_line), self.host, self.port
+            )
+        except OSError as exc:
+            raise DeviceError(
+                f"cannot connect to NUT server {self.where}: {exc.strerror or exc}"
+            ) from None
+        try:
+            for words in (
+                ("USERNAME", self.username),
+                ("PASSWORD", self._password),
+                ("LOGIN", ups),
+            ):
+                probe.write(proto.format_command(*(w or "" for w in words)))
+                reply = proto.split_line(await probe.readline())
+                if reply[:1] == ["ERR"]:
+                    return False
+            probe.write(b"LOGOUT\n")
+            return True
+        finally:
+            probe.abort()
 
     def _discard(self) -> None:
         if self._conn is not None:

@@ -42,6 +42,9 @@ async def _request(reader: Reader, writer: Writer) -> bytes:
         if line.startswith((b"USERNAME", b"PASSWORD")):
             writer.write(b"OK\n")
             continue
+        if line.startswith(b"SET VAR"):  # the driver's credential check of a fresh connection
+            writer.write(b"ERR VAR-NOT-SUPPORTED\n")
+            continue
         return line
 
 

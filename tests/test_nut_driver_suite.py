@@ -275,12 +275,24 @@ async def test_wrong_credentials(backend: Backend, make_driver: Callable[..., Nu
     with pytest.raises(AuthError) as info:
         await make_driver(username=user, password=wrong, login=True).poll()
     assert "ACCESS-DENIED" in info.value.reason and wrong not in str(info.value)
-    # ... without LOGIN, upsd checks it on the first write.
+    # ... and without LOGIN, where upsd would only check it at the first write, the driver
+    # checks it on connecting, so a bad password is found at the first poll, not in an outage.
     driver = make_driver(**admin(backend, password=wrong))
-    await driver.poll()
     with pytest.raises(AuthError) as info:
-        await driver.run_action("set", {"var": backend.settable, "value": "1"})
+        await driver.poll()
+    assert "refused user" in info.value.reason
     assert wrong not in str(info.value) and wrong not in repr(info.value)
+    with pytest.raises(AuthError):
+        await make_driver(username=user, password=wrong).poll()
+
+
+async def test_right_credentials_pass_the_check(
+    backend: Backend, make_driver: Callable[..., NutDriver]
+) -> None:
+    # An admin account (SET rights) and a monitoring account (upsmon role, no SET rights).
+    assert (await make_driver(**admin(backend)).poll()).status
+    user, password = backend.monitor
+    assert (await make_driver(username=user, password=password).poll()).status
 
 
 async def test_reconnects_after_server_restart(
