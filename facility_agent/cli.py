@@ -38,6 +38,8 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if level == "debug":
+        logging.getLogger("facility_agent.sinks.mqtt.paho").setLevel(logging.DEBUG)
 
 
 def _load(path: str) -> SiteConfig | None:

@@ -91,7 +91,9 @@ class DevicePoller:
         started = time.monotonic()
         self.polls += 1
         try:
-            sample = await asyncio.wait_for(self.driver.poll(), timeout)
+            # A little grace past the driver's own deadline, so that a driver which times out
+            # by itself can say more (which server, which request) than this generic backstop.
+            sample = await asyncio.wait_for(self.driver.poll(), timeout * 1.1 + 0.1)
         except TimeoutError:
             return self._failed(DeviceTimeout(f"no answer within {timeout:g} s"))
         except DeviceError as exc:

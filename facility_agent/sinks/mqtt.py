@@ -53,6 +53,11 @@ from ..config import MqttConfig
 from ..model import DeviceState, Event
 
 log = logging.getLogger(__name__)
+#: paho's own log: it reports every lost connection at ERROR, next to our own clearer warning,
+#: so it is only shown when asked for (`--log-level debug` turns it on).
+PAHO_LOG = logging.getLogger(f"{__name__}.paho")
+if PAHO_LOG.level == logging.NOTSET:
+    PAHO_LOG.setLevel(logging.CRITICAL)
 
 #: Messages handed to paho and not yet acknowledged. paho measured 9.2k msg/s at 20 in flight on
 #: this kind of machine (PEERS.md); a little more absorbs PUBACK latency on a busier broker.
@@ -335,7 +340,7 @@ class MqttSink:
         )
         # A bug in a callback must not kill paho's network thread: paho logs it instead.
         client.suppress_exceptions = True
-        client.enable_logger(logging.getLogger(f"{__name__}.paho"))
+        client.enable_logger(PAHO_LOG)
         # 0 = no limit in paho; our own window (MAX_IN_FLIGHT) decides what is in flight.
         client.max_inflight_messages_set(0)
         # Typed as int, but paho only multiplies and compares the delays: sub-second ones work.
