@@ -13,7 +13,6 @@ from facility_agent.agent import Agent
 from facility_agent.config import MqttConfig, SiteConfig
 from facility_agent.registry import driver_class
 from facility_agent.simulators.serve import RunningSimulator
-
 from tests.fixtures.mosquitto import Broker, Collector
 
 Reader = asyncio.StreamReader

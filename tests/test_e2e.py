@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import yaml
-from facility_agent.simulators.serve import RunningSimulator
 
+from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.mosquitto import Broker, Collector, Received, retained
 from tests.fixtures.procs import Proc
 

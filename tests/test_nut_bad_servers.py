@@ -12,7 +12,6 @@ import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from facility_agent.drivers.nut import NutDeviceConfig, NutDriver
 
 from facility_agent.driver import (
     AuthError,
@@ -21,6 +20,7 @@ from facility_agent.driver import (
     NotFoundError,
     ProtocolError,
 )
+from facility_agent.drivers.nut import NutDeviceConfig, NutDriver
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter

@@ -16,11 +16,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
-from facility_agent.drivers.nut import NutDeviceConfig, NutDriver
-from facility_agent.simulators.serve import RunningSimulator, SimulatorOptions
 
 from facility_agent.driver import ActionError, AuthError, DeviceError, NotFoundError
+from facility_agent.drivers.nut import NutDeviceConfig, NutDriver
 from facility_agent.model import Sample
+from facility_agent.simulators.serve import RunningSimulator, SimulatorOptions
 
 from .fixtures.nut import NutServer
 

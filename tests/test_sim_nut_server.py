@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+
 from facility_agent.simulators.nut_server import NutServer, quote, split_line
 from facility_agent.simulators.scenario import ScenarioError
 from facility_agent.simulators.serve import (
@@ -17,7 +18,6 @@ from facility_agent.simulators.serve import (
     run_simulator,
 )
 from facility_agent.simulators.site import SimulatedSite
-
 from tests.fixtures.simulator import MakeSimulator
 
 

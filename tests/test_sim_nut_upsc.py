@@ -11,7 +11,6 @@ import asyncio
 from dataclasses import dataclass
 
 from facility_agent.simulators.serve import RunningSimulator
-
 from tests.fixtures.procs import require_binary
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from facility_agent.simulators.clock import ManualClock, SimClock
 from facility_agent.simulators.scenario import (
     ScenarioError,
