@@ -1,0 +1,98 @@
+"""The agent's wiring: states published on change and on heartbeat, events in order, clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from facility_agent import agent as agent_module
+from facility_agent.agent import Agent
+from facility_agent.config import MqttConfig, SiteConfig
+from facility_agent.driver import DeviceConfig, Driver
+from facility_agent.model import DeviceState, Event, Sample, utcnow
+
+
+class FlagDriver(Driver):
+    """Reports whatever status flags the test sets."""
+
+    name = "flag"
+    status: tuple[str, ...] = ("OL",)
+    closed = 0
+
+    async def poll(self) -> Sample:
+        return Sample(self.config.id, utcnow(), FlagDriver.status, {"battery.charge": 100})
+
+    async def close(self) -> None:
+        FlagDriver.closed += 1
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.states: list[DeviceState] = []
+        self.events: list[Event] = []
+        self.started = self.stopped = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    def publish_state(self, state: DeviceState) -> None:
+        self.states.append(state)
+
+    def publish_event(self, event: Event) -> None:
+        self.events.append(event)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        self.stopped = True
+
+
+@pytest.fixture(autouse=True)
+def _flag_driver(monkeypatch: pytest.MonkeyPatch) -> None:
+    FlagDriver.status = ("OL",)
+    FlagDriver.closed = 0
+    monkeypatch.setattr(agent_module, "driver_class", lambda name: FlagDriver)
+
+
+def site(heartbeat: float = 60.0) -> SiteConfig:
+    dev = DeviceConfig(id="ups-a", driver="flag", interval=0.05, jitter=0)
+    return SiteConfig(
+        site="lab1", mqtt=MqttConfig(host="127.0.0.1", heartbeat=heartbeat), devices=[dev]
+    )
+
+
+async def test_state_published_on_change_only_and_events_delivered() -> None:
+    sink = RecordingSink()
+    agent = Agent(site(), sinks=[sink])
+    await agent.start()
+    await asyncio.sleep(0.3)
+    assert sink.started and len(sink.states) == 1  # many polls, one change
+    FlagDriver.status = ("OB", "DISCHRG")
+    await asyncio.sleep(0.2)
+    FlagDriver.status = ("OL",)
+    await asyncio.sleep(0.2)
+    await agent.stop()
+    assert [s.status for s in sink.states] == [("OL",), ("OB", "DISCHRG"), ("OL",)]
+    assert [e.type for e in sink.events] == ["power.on_battery", "power.on_line"]
+    assert sink.stopped and FlagDriver.closed == 1
+
+
+async def test_heartbeat_republishes_unchanged_state() -> None:
+    sink = RecordingSink()
+    agent = Agent(site(heartbeat=0.2), sinks=[sink])
+    await agent.start()
+    await asyncio.sleep(1.0)
+    await agent.stop()
+    # One on the first poll, then about one every 0.2 s although nothing changed.
+    assert 3 <= len(sink.states) <= 8
+    assert {s.status for s in sink.states} == {("OL",)}
+
+
+async def test_run_returns_when_stop_is_set() -> None:
+    sink = RecordingSink()
+    agent = Agent(site(), sinks=[sink])
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert sink.stopped
