@@ -6,6 +6,7 @@ reading them is standing in a server room with an editor, not a debugger.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,10 @@ class MqttConfig(_Section):
 
 class SiteConfig(_Section):
     site: Identifier
+    #: Where the agent keeps what must survive a restart (plan journal, outbox). Default:
+    #: $STATE_DIRECTORY (systemd), else /var/lib/facility-agent when writable, else
+    #: ~/.local/state/facility-agent.
+    state_dir: Path | None = None
     mqtt: MqttConfig | None = None
     devices: list[DeviceConfig] = Field(default_factory=list)
     # Sections of the contract whose features arrive in later releases: accepted and validated
@@ -72,6 +77,20 @@ class SiteConfig(_Section):
     influxdb: dict[str, Any] | None = None
     prometheus: dict[str, Any] | None = None
     notify: list[dict[str, Any]] | None = None
+
+    def state_path(self) -> Path:
+        """The state directory, created if needed."""
+        if self.state_dir is not None:
+            path = self.state_dir
+        elif os.environ.get("STATE_DIRECTORY"):
+            path = Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+        elif os.access("/var/lib", os.W_OK):
+            path = Path("/var/lib/facility-agent")
+        else:
+            path = Path.home() / ".local" / "state" / "facility-agent"
+        path = path / self.site if self.state_dir is None else path
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def device(self, device_id: str) -> DeviceConfig:
         for dev in self.devices:
