@@ -64,6 +64,10 @@ class Agent:
         for dev in self.config.devices:
             driver = driver_class(dev.driver)(dev)
             self.drivers[dev.id] = driver
+            # Drivers may declare what their own status flags mean (Modbus profiles do).
+            declared = getattr(driver, "flag_events", None)
+            if callable(declared):
+                self.state.declare_flag_events(dev.id, declared())
             self.pollers[dev.id] = DevicePoller(driver, self._handle)
         for sink in self.sinks:
             await sink.start()

@@ -6,7 +6,8 @@ reading, so the same flags polled twice never raise the same alarm twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -109,12 +110,50 @@ FLAG_RULES: tuple[FlagRule, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class DeclaredFlagEvent:
+    """A flag event a driver declares as data (a Modbus profile's genset alarms ...).
+
+    Messages may name `{device}` and any metric (`{generator.fuel.level}`); a missing one
+    reads `?`."""
+
+    flag: str
+    type: str
+    severity: Severity
+    message: str
+    cleared_type: str | None = None
+    cleared_message: str | None = None
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, str]) -> DeclaredFlagEvent:
+        return cls(
+            data["flag"],
+            data["type"],
+            Severity(data.get("severity", "warning")),
+            data["message"],
+            data.get("cleared_type"),
+            data.get("cleared_message"),
+        )
+
+    def render(self, template: str, device: str, metrics: Mapping[str, MetricValue]) -> str:
+        def one(match: re.Match[str]) -> str:
+            key = match.group(1)
+            return device if key == "device" else str(metrics.get(key, "?"))
+
+        return re.sub(r"\{([A-Za-z0-9_.-]+)\}", one, template)
+
+
 class SiteState:
     """Latest DeviceState per device; turns each poll result into a Transition."""
 
     def __init__(self, site: str) -> None:
         self.site = site
         self._states: dict[str, DeviceState] = {}
+        self._declared: dict[str, tuple[DeclaredFlagEvent, ...]] = {}
+
+    def declare_flag_events(self, device: str, rules: Iterable[Mapping[str, str]]) -> None:
+        """Events a device's own flags mean, on top of the built-in power rules."""
+        self._declared[device] = tuple(DeclaredFlagEvent.from_mapping(r) for r in rules)
 
     def get(self, device: str) -> DeviceState | None:
         return self._states.get(device)
@@ -182,6 +221,13 @@ class SiteState:
                         dev, rule.cleared, Severity.INFO, rule.cleared_text(dev, metrics), ts
                     )
                 )
+        for d in self._declared.get(dev, ()):
+            if d.flag in after and d.flag not in before:
+                text = d.render(d.message, dev, metrics)
+                events.append(Event(self.site, dev, d.type, d.severity, text, ts=ts))
+            elif d.flag in before and d.flag not in after and d.cleared_type:
+                text = d.render(d.cleared_message or f"{{device}}: {d.flag} cleared", dev, metrics)
+                events.append(Event(self.site, dev, d.cleared_type, Severity.INFO, text, ts=ts))
         if "OB" in before and "OB" not in after and "OL" in after:
             events.append(
                 self._event(
