@@ -11,6 +11,7 @@ from collections.abc import Callable
 from .config import SiteConfig
 from .driver import Driver
 from .model import DeviceState, Event, Severity, utcnow
+from .policy.engine import PolicyEngine
 from .poller import DevicePoller, PollFailed, PollOk, PollOutcome
 from .registry import driver_class
 from .sinks.base import Sink
@@ -53,6 +54,10 @@ class Agent:
         self._event_listeners: list[EventListener] = []
         self._last_published: dict[str, float] = {}
         self.heartbeat = config.mqtt.heartbeat if config.mqtt else 60.0
+        self.policy: PolicyEngine | None = None
+        #: Drill runs journal as drills and may skip hooks (`facility-agent drill --dry-run`).
+        self.drill = False
+        self.dry_run = False
 
     def on_state(self, listener: StateListener) -> None:
         self._state_listeners.append(listener)
@@ -71,6 +76,19 @@ class Agent:
             self.pollers[dev.id] = DevicePoller(driver, self._handle)
         for sink in self.sinks:
             await sink.start()
+        if self.config.policy.active:
+            self.policy = PolicyEngine(
+                self.config.site,
+                self.config.policy,
+                self.state,
+                self.drivers,
+                self.emit,
+                self._publish_state,
+                self.config.state_path() / "journal.sqlite",
+                dry_run=self.dry_run,
+                drill=self.drill,
+            )
+            await self.policy.start()
         for poller in self.pollers.values():
             self._tasks.append(asyncio.create_task(poller.run(), name=f"poll:{poller.device}"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
@@ -82,7 +100,13 @@ class Agent:
         )
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Stop polling, close devices, then let the sinks deliver what they hold."""
+        """Let a running plan stage finish (the journal keeps the rest), stop polling, close
+        devices, then let the sinks deliver what they hold."""
+        if self.policy is not None:
+            try:
+                await self.policy.stop()
+            except Exception:
+                log.exception("stopping the policy engine failed")
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -129,17 +153,26 @@ class Agent:
         if transition.changed:
             self._publish_state(state)
         for event in transition.events:
-            log.log(
-                _LOG_LEVEL[event.severity],
-                "[%s] %s (event %s)",
-                event.type,
-                event.message,
-                event.id,
-            )
-            for sink in self.sinks:
-                sink.publish_event(event)
-            for listener in self._event_listeners:
-                listener(event)
+            self.emit(event)
+        if self.policy is not None:
+            # Decide at once on a new state rather than at the next tick: decision latency.
+            self.policy.evaluate()
+
+    def emit(self, event: Event) -> None:
+        """Log an event, hand it to every sink and listener, and run the hooks it matches."""
+        log.log(
+            _LOG_LEVEL.get(event.severity, logging.INFO),
+            "[%s] %s (event %s)",
+            event.type,
+            event.message,
+            event.id,
+        )
+        for sink in self.sinks:
+            sink.publish_event(event)
+        for listener in self._event_listeners:
+            listener(event)
+        if self.policy is not None:
+            self.policy.on_event(event)
 
     def _publish_state(self, state: DeviceState) -> None:
         self._last_published[state.device] = time.monotonic()

@@ -16,6 +16,20 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .driver import DeviceConfig, Driver
+from .output_config import (
+    HomeAssistantConfig,
+    InfluxConfig,
+    NotifyRoute,
+    OutboxConfig,
+    PrometheusConfig,
+)
+from .policy.config import (
+    GroupConfig,
+    HookConfig,
+    PolicyConfig,
+    RecoveryConfig,
+    ShutdownConfig,
+)
 from .registry import driver_classes
 from .secrets import SecretRefError, substitute
 from .units import Duration, Identifier
@@ -52,6 +66,8 @@ class MqttConfig(_Section):
     queue_limit: int = Field(default=10000, ge=10)
     reconnect_min: Duration = 0.5
     reconnect_max: Duration = 30.0
+    #: Home Assistant MQTT discovery (off by default).
+    homeassistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig)
 
     @field_validator("tls", mode="before")
     @classmethod
@@ -74,9 +90,27 @@ class SiteConfig(_Section):
     # Sections of the contract whose features arrive in later releases: accepted and validated
     # as mappings now, so that a site file written today keeps working.
     traps: dict[str, Any] | None = None
-    influxdb: dict[str, Any] | None = None
-    prometheus: dict[str, Any] | None = None
-    notify: list[dict[str, Any]] | None = None
+    influxdb: InfluxConfig | None = None
+    prometheus: PrometheusConfig | None = None
+    notify: list[NotifyRoute] | None = None
+    #: The durable outbox under MQTT, InfluxDB and chat (output_config.py).
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    # The policy: what feeds what, which redundancy must hold, and what to do when it does not.
+    topology: dict[str, list[str]] = Field(default_factory=dict)
+    groups: list[GroupConfig] = Field(default_factory=list)
+    hooks: list[HookConfig] = Field(default_factory=list)
+    shutdown: ShutdownConfig | None = None
+    recovery: RecoveryConfig | None = None
+
+    @property
+    def policy(self) -> PolicyConfig:
+        return PolicyConfig(
+            topology=self.topology,
+            groups=self.groups,
+            hooks=self.hooks,
+            shutdown=self.shutdown,
+            recovery=self.recovery,
+        )
 
     def state_path(self) -> Path:
         """The state directory, created if needed."""
@@ -258,11 +292,61 @@ def parse_site(
         site = SiteConfig.model_validate({**data, "devices": []})
     except ValidationError as exc:
         errors.extend(_pydantic_problems(exc, ()))
+    if site is not None:
+        errors.extend(_policy_problems(site, seen))
     if errors or site is None:
         errors.sort(key=lambda e: lines.line(e[0]) or 0)
         problems = [ConfigProblem(format_loc(loc), msg, lines.line(loc)) for loc, msg in errors]
         raise ConfigError(source, problems)
     return site.model_copy(update={"devices": devices})
+
+
+def _policy_problems(site: SiteConfig, named: dict[str, int]) -> list[tuple[Loc, str]]:
+    """Cross-references the models cannot see: groups, plans and hooks naming real things."""
+    out: list[tuple[Loc, str]] = []
+    devices = set(named)
+    group_ids = [g.id for g in site.groups]
+    for gi, group in enumerate(site.groups):
+        if group.id in devices or f"group-{group.id}" in devices:
+            out.append((("groups", gi, "id"), f"{group.id!r} is also a device id"))
+        if group_ids.count(group.id) > 1 and group_ids.index(group.id) != gi:
+            out.append((("groups", gi, "id"), f"duplicate group id {group.id!r}"))
+        for mi, member in enumerate(group.members):
+            if member.device not in devices:
+                out.append((("groups", gi, "members", mi), f"no device {member.device!r}"))
+    if site.shutdown is not None:
+        if site.shutdown.group not in group_ids:
+            out.append((("shutdown", "group"), f"no group {site.shutdown.group!r}"))
+        else:
+            kind = site.groups[group_ids.index(site.shutdown.group)].kind
+            if kind != "power":
+                out.append(
+                    (("shutdown", "group"), f"group {site.shutdown.group!r} is not a power group")
+                )
+        gen = site.shutdown.triggers.generator_not_running
+        if gen is not None and gen.device not in devices:
+            out.append(
+                (
+                    ("shutdown", "triggers", "generator_not_running", "device"),
+                    f"no device {gen.device!r}",
+                )
+            )
+    for section in ("shutdown", "recovery"):
+        plan = getattr(site, section)
+        for si, stage in enumerate(plan.stages if plan else []):
+            for ti, step in enumerate(stage.steps):
+                if step.device is not None and step.device not in devices:
+                    out.append(
+                        (
+                            (section, "stages", si, "steps", ti, "device"),
+                            f"no device {step.device!r}",
+                        )
+                    )
+    if site.recovery is not None and site.shutdown is None:
+        out.append(
+            (("recovery",), "recovery needs a shutdown section (it brings back what that stopped)")
+        )
+    return out
 
 
 def load_site(path: str | Path, *, env: Mapping[str, str] | None = None) -> SiteConfig:

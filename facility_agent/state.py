@@ -161,6 +161,10 @@ class SiteState:
     def all(self) -> dict[str, DeviceState]:
         return dict(self._states)
 
+    def put(self, state: DeviceState) -> None:
+        """Record a state that comes from the agent itself (a redundancy group's)."""
+        self._states[state.device] = state
+
     def forget(self, device: str) -> None:
         self._states.pop(device, None)
 

@@ -1,0 +1,100 @@
+"""Run a configured command: an argv list straight to exec, never through a shell.
+
+Whatever a device said (a UPS model string, a reason) reaches the command only as data: the
+event as JSON on stdin and in `FACILITY_*` environment variables, never in its argv. A command
+that hangs is killed with its whole process group at its timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+#: How much of a hook's stdout/stderr is kept for the log and the outcome event.
+OUTPUT_TAIL = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class HookResult:
+    argv: tuple[str, ...]
+    returncode: int | None
+    duration: float
+    timed_out: bool
+    output: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out and self.error is None
+
+    def describe(self) -> str:
+        if self.error:
+            return f"could not run: {self.error}"
+        if self.timed_out:
+            return f"killed after its {self.duration:.1f} s timeout"
+        return f"exit {self.returncode} after {self.duration:.2f} s"
+
+
+def event_environment(event: Mapping[str, Any] | None) -> dict[str, str]:
+    """`FACILITY_EVENT_TYPE`, `FACILITY_DEVICE` ... : the event's top-level fields as text."""
+    env: dict[str, str] = {}
+    for key, value in (event or {}).items():
+        if isinstance(value, str | int | float | bool):
+            name = "FACILITY_" + ("EVENT_" + key if key in ("id", "type", "ts") else key).upper()
+            env[name] = str(value).replace("\0", "")
+    return env
+
+
+async def run_hook(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    event: Mapping[str, Any] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> HookResult:
+    """Run `argv` with the event on stdin; never raises for the command's own failures."""
+    started = time.monotonic()
+    payload = orjson.dumps(dict(event or {}))
+    env = {**os.environ, **event_environment(event), **(extra_env or {})}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            # Its own process group, so a timeout kills what it started too, and a crash of
+            # the agent does not take a half-done hook down with it.
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return HookResult(tuple(argv), None, time.monotonic() - started, False, "", str(exc))
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(payload), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out = b""
+        with contextlib.suppress(Exception):
+            out, _ = await asyncio.wait_for(proc.communicate(), 2)
+        return HookResult(
+            tuple(argv), proc.returncode, time.monotonic() - started, True, _tail(out)
+        )
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    return HookResult(tuple(argv), proc.returncode, time.monotonic() - started, False, _tail(out))
+
+
+def _tail(out: bytes | None) -> str:
+    text = (out or b"").decode(errors="replace")
+    return text[-OUTPUT_TAIL:]

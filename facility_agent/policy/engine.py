@@ -1,0 +1,549 @@
+"""The policy engine: redundancy groups, triggers, the shutdown plan, recovery and hooks.
+
+It knows conditions and plans and nothing of protocols: it reads device states, raises events,
+and acts only through driver actions and argv hooks. Every decision it takes is a function of
+states and time (`evaluate.py`); every plan it runs is journaled (`journal.py`), so a restart
+resumes where the last agent stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..actions.hooks import run_hook
+from ..driver import Driver
+from ..model import DeviceState, Event, Severity, utcnow
+from ..state import SiteState
+from .config import PolicyConfig, StageConfig, StepConfig
+from .evaluate import GroupEvaluator, GroupView, Held, PowerView, metric, power_view
+from .journal import Journal, RunRecord
+from .plan import PlanRunner, StepContext, StepOutcome, execute_step
+
+log = logging.getLogger(__name__)
+
+TICK = 0.25
+#: How long a stopping agent lets the running stage finish before it leaves the rest to the
+#: next start (the journal keeps the plan `running`).
+STOP_GRACE = 10.0
+
+
+class PolicyEngine:
+    def __init__(
+        self,
+        site: str,
+        policy: PolicyConfig,
+        state: SiteState,
+        drivers: Mapping[str, Driver],
+        emit: Callable[[Event], None],
+        publish_state: Callable[[DeviceState], None],
+        journal_path: Path,
+        *,
+        dry_run: bool = False,
+        drill: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.site = site
+        self.policy = policy
+        self.state = state
+        self.drivers = drivers
+        self.emit_event = emit
+        self.publish_state = publish_state
+        self.journal = Journal(journal_path)
+        self.dry_run = dry_run
+        self.drill = drill
+        self.clock = clock
+        self.groups = {g.id: GroupEvaluator(g) for g in policy.groups}
+        self._group_status: dict[str, str] = {}
+        self._tick_task: asyncio.Task[None] | None = None
+        self._hook_tasks: set[asyncio.Task[None]] = set()
+        self.plan_task: asyncio.Task[None] | None = None
+        self.plan: PlanRunner | None = None
+        self.plan_reason = ""
+        self.recovery_task: asyncio.Task[None] | None = None
+        self.recovery_pending = False
+        self._stopping = False
+        self._last_plan_end: float | None = None
+        self._unconfirmed_warned: set[str] = set()
+        sd = policy.shutdown
+        trig = sd.triggers if sd else None
+        self._held: dict[str, Held] = {}
+        if trig is not None:
+            self._held = {
+                "on_battery": Held(trig.on_battery_for or 0.0),
+                "runtime": Held(trig.hold),
+                "low_battery": Held(trig.low_battery.hold if trig.low_battery else 0.0),
+                "fsd": Held(0.0),
+                "generator": Held(
+                    trig.generator_not_running.after if trig.generator_not_running else 0.0
+                ),
+            }
+        self._cancel_held = Held(sd.cancel_after if sd else 0.0)
+        self._recover_held = Held(policy.recovery.stable_for if policy.recovery else 0.0)
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        sd = self.policy.shutdown
+        if sd is not None:
+            unfinished = self.journal.unfinished("shutdown")
+            if unfinished is not None:
+                log.warning(
+                    "resuming shutdown run %d (%s) from the journal",
+                    unfinished.id,
+                    unfinished.reason,
+                )
+                self._start_plan(unfinished.reason, resume=unfinished)
+            else:
+                last = self.journal.last_run()
+                self.recovery_pending = (
+                    last is not None
+                    and last.kind == "shutdown"
+                    and last.state
+                    in (
+                        "completed",
+                        "cancelled",
+                    )
+                )
+            unfinished_recovery = self.journal.unfinished("recovery")
+            if unfinished_recovery is not None and self.plan_task is None:
+                self._start_recovery(resume=unfinished_recovery)
+        self._tick_task = asyncio.create_task(self._ticker(), name="policy")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            await asyncio.gather(self._tick_task, return_exceptions=True)
+        for task in (self.plan_task, self.recovery_task):
+            if task is not None and not task.done():
+                # Let the running stage finish; what is left stays `running` in the journal.
+                done, _ = await asyncio.wait({task}, timeout=STOP_GRACE)
+                if not done:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+        if self._hook_tasks:
+            await asyncio.wait(self._hook_tasks, timeout=STOP_GRACE)
+        self.journal.close()
+
+    async def _ticker(self) -> None:
+        while True:
+            try:
+                self.evaluate()
+            except Exception:
+                log.exception("policy evaluation failed")
+            await asyncio.sleep(TICK)
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Run the hooks that match an event (never for hook outcomes themselves)."""
+        if event.type.startswith("hook."):
+            return
+        for hook in self.policy.hooks:
+            if not any(fnmatch.fnmatchcase(event.type, pattern) for pattern in hook.on):
+                continue
+            group = str(event.data.get("group", "")) if event.data else ""
+            if hook.only and event.device not in hook.only and group not in hook.only:
+                continue
+            task = asyncio.create_task(self._run_hook(hook.run, hook.timeout, event))
+            self._hook_tasks.add(task)
+            task.add_done_callback(self._hook_tasks.discard)
+
+    async def _run_hook(self, argv: list[str], timeout: float, event: Event) -> None:
+        if self.dry_run:
+            self._emit(
+                event.device, "hook.ok", Severity.INFO, f"dry run: would run {argv[0]}", argv=argv
+            )
+            return
+        result = await run_hook(argv, timeout=timeout, event=event.payload())
+        ok = result.ok
+        self._emit(
+            event.device,
+            "hook.ok" if ok else "hook.failed",
+            Severity.INFO if ok else Severity.WARNING,
+            f"hook {argv[0]} for {event.type}: {result.describe()}",
+            argv=argv,
+            returncode=result.returncode,
+            for_event=event.id,
+        )
+
+    # -- evaluation --------------------------------------------------------------------------
+
+    def evaluate(self) -> None:
+        now = self.clock()
+        states = self.state.all()
+        for evaluator in self.groups.values():
+            self._evaluate_group(evaluator, states, now)
+        sd = self.policy.shutdown
+        if sd is None or self._stopping:
+            return
+        group = self.groups[sd.group]
+        if not group.ready:
+            return
+        confirm = sd.triggers.low_battery.confirm if sd.triggers.low_battery else []
+        pv = power_view(group.group, states, confirm)
+        self._warn_unconfirmed(pv)
+        if self.plan_task is not None:
+            self._maybe_cancel(pv, now)
+        elif self.recovery_task is None:
+            reason = self._trigger(pv, states, now)
+            if reason is not None:
+                self._start_plan(reason)
+                return
+        if self.recovery_pending and self.plan_task is None and self.recovery_task is None:
+            self._maybe_recover(pv, now)
+
+    def _evaluate_group(
+        self, ev: GroupEvaluator, states: Mapping[str, DeviceState], now: float
+    ) -> None:
+        before = self._group_status.get(ev.group.id)
+        view = ev.update(states, now)
+        if not ev.ready or view.status == before:
+            return
+        self._group_status[ev.group.id] = view.status
+        self._publish_group(ev, view)
+        if before is None and view.status == "ok":
+            return
+        g = ev.group
+        if view.status == "ok":
+            self._emit(
+                g.id,
+                "redundancy.restored",
+                Severity.INFO,
+                f"{g.kind} redundancy of {g.id} restored ({view.healthy} of {len(g.members)})",
+                group=g.id,
+                status=view.status,
+            )
+        else:
+            severity = Severity.CRITICAL if view.status == "lost" else Severity.WARNING
+            what = "lost" if view.status == "lost" else "degraded"
+            self._emit(
+                g.id,
+                "redundancy.degraded",
+                severity,
+                f"{g.kind} redundancy of {g.id} {what}: {view.healthy} of {len(g.members)} "
+                f"healthy (needs {g.min}); down: {', '.join(view.down)}",
+                group=g.id,
+                status=view.status,
+                down=view.down,
+            )
+
+    def _publish_group(self, ev: GroupEvaluator, view: GroupView) -> None:
+        state = DeviceState(
+            device=f"group-{ev.group.id}",
+            driver="policy",
+            ts=utcnow(),
+            comm="ok",
+            status=(view.status.upper(),),
+            metrics=view.payload_metrics(ev.group),
+        )
+        self.state.put(state)
+        self.publish_state(state)
+
+    def _warn_unconfirmed(self, pv: PowerView) -> None:
+        for ups in pv.unconfirmed_low:
+            if ups not in self._unconfirmed_warned:
+                self._unconfirmed_warned.add(ups)
+                self._emit(
+                    ups,
+                    "power.low_battery_unconfirmed",
+                    Severity.WARNING,
+                    f"{ups} reports low battery but nothing confirms its input is gone "
+                    "(not on battery, or another source still sees power): no shutdown for it",
+                )
+        self._unconfirmed_warned &= set(pv.unconfirmed_low)
+
+    def expected_duration(self) -> float:
+        sd = self.policy.shutdown
+        assert sd is not None
+        learned = self.journal.learned_duration("shutdown")
+        return learned if learned is not None else sd.expected_duration
+
+    def _trigger(self, pv: PowerView, states: Mapping[str, DeviceState], now: float) -> str | None:
+        """The reason to start the plan now, or None."""
+        sd = self.policy.shutdown
+        assert sd is not None
+        trig = sd.triggers
+        need = self.groups[sd.group].group.min
+        on_battery = pv.on_battery_group(need)
+        runtime = pv.runtime if pv.runtime is not None else float("inf")
+        cooling = self._last_plan_end is not None and now - self._last_plan_end < sd.cooldown
+        reasons: list[str] = []
+        held = self._held
+        if held["fsd"].update(trig.fsd and bool(pv.fsd), now):
+            reasons.append(f"forced shutdown (FSD) from {', '.join(pv.fsd)}")
+        critical = pv.critical(need, trig.comm_lost_on_battery)
+        if held["low_battery"].update(trig.low_battery is not None and critical, now):
+            parts = [f"low battery on {', '.join(pv.low_battery)}"] if pv.low_battery else []
+            if pv.dead and trig.comm_lost_on_battery:
+                parts.append(f"{', '.join(pv.dead)} lost while on battery")
+            reasons.append("; ".join(parts) or "too few UPS units can carry the load")
+        limit = None
+        if trig.runtime_below is not None:
+            limit = trig.runtime_below
+        if trig.runtime_margin is not None:
+            limit = max(limit or 0.0, self.expected_duration() + trig.runtime_margin)
+        if held["runtime"].update(on_battery and limit is not None and runtime < limit, now):
+            reasons.append(f"runtime {runtime:.0f} s is below {limit:.0f} s")
+        if not cooling:
+            if held["on_battery"].update(on_battery and trig.on_battery_for is not None, now):
+                reasons.append(f"on battery for {trig.on_battery_for:g} s")
+            gen = trig.generator_not_running
+            gen_down = (
+                gen is not None and str(metric(states, gen.device, gen.metric)) != gen.running
+            )
+            if held["generator"].update(on_battery and gen_down, now):
+                assert gen is not None
+                reasons.append(
+                    f"generator {gen.device} not running {gen.after:g} s after the power was lost"
+                )
+        else:
+            held["on_battery"].update(False, now)
+            held["generator"].update(False, now)
+        return "; ".join(reasons) if reasons else None
+
+    def _maybe_cancel(self, pv: PowerView, now: float) -> None:
+        sd = self.policy.shutdown
+        assert sd is not None and self.plan is not None
+        back = not pv.on_battery_group(self.groups[sd.group].group.min) and not pv.fsd
+        if self._cancel_held.update(back, now) and not self.plan.past_no_return:
+            assert self.plan_task is not None
+            log.warning("power is back before the point of no return: cancelling the shutdown")
+            self.plan_task.cancel()
+
+    def _maybe_recover(self, pv: PowerView, now: float) -> None:
+        rec = self.policy.recovery
+        sd = self.policy.shutdown
+        assert sd is not None
+        need = self.groups[sd.group].group.min
+        charged = rec is None or pv.min_charge is None or pv.min_charge >= rec.min_charge
+        if self._recover_held.update(not pv.on_battery_group(need) and charged, now):
+            self._start_recovery()
+
+    # -- plans -------------------------------------------------------------------------------
+
+    def _start_plan(self, reason: str, resume: RunRecord | None = None) -> None:
+        sd = self.policy.shutdown
+        assert sd is not None
+        run_id = (
+            resume.id if resume else self.journal.start_run("shutdown", reason, drill=self.drill)
+        )
+        self.plan_reason = reason
+        ctx = StepContext(
+            self.drivers,
+            {"site": self.site, "type": "shutdown.started", "reason": reason},
+            self.dry_run,
+        )
+        self.plan = PlanRunner(self.journal, run_id, sd.stages, ctx, self._plan_step)
+        self.recovery_pending = False
+        for h in self._held.values():
+            h.update(False, 0)
+        self._cancel_held.update(False, 0)
+        if not resume:
+            expected = self.expected_duration()
+            self._emit(
+                sd.group,
+                "shutdown.started",
+                Severity.CRITICAL,
+                f"shutdown of {self.site} started: {reason} (plan takes about {expected:.0f} s)",
+                reason=reason,
+                run=run_id,
+                expected_duration=expected,
+            )
+        self.plan_task = asyncio.create_task(
+            self._plan(run_id, resume is not None), name="shutdown-plan"
+        )
+
+    async def _plan(self, run_id: int, resume: bool) -> None:
+        sd = self.policy.shutdown
+        assert sd is not None and self.plan is not None
+        started = self.clock()
+        try:
+            ok = await self.plan.run(resume=resume)
+        except asyncio.CancelledError:
+            if self._stopping:
+                raise  # the journal keeps it running: the next start resumes it
+            self.journal.end_run(run_id, "cancelled")
+            self._emit(
+                sd.group,
+                "shutdown.cancelled",
+                Severity.WARNING,
+                f"shutdown of {self.site} cancelled: power is back before the point of no return; "
+                "recovery brings back what was stopped",
+                run=run_id,
+            )
+            self._plan_ended()
+            return
+        except Exception as exc:
+            log.exception("the shutdown plan failed")
+            self.journal.end_run(run_id, "failed")
+            self._emit(
+                sd.group,
+                "shutdown.failed",
+                Severity.CRITICAL,
+                f"shutdown plan failed: {exc}",
+                run=run_id,
+            )
+            self._plan_ended()
+            return
+        took = self.clock() - started
+        self.journal.end_run(run_id, "completed" if ok else "failed")
+        if ok:
+            self._emit(
+                sd.group,
+                "shutdown.completed",
+                Severity.CRITICAL,
+                f"shutdown of {self.site} completed in {took:.0f} s",
+                run=run_id,
+                duration=took,
+            )
+        else:
+            self._emit(
+                sd.group,
+                "shutdown.failed",
+                Severity.CRITICAL,
+                f"shutdown of {self.site} stopped on a failed step after {took:.0f} s",
+                run=run_id,
+            )
+        self._plan_ended()
+
+    def _plan_ended(self) -> None:
+        self.plan_task = None
+        self._last_plan_end = self.clock()
+        self.recovery_pending = self.policy.recovery is not None or self._has_undo()
+        self._recover_held.update(False, 0)
+
+    def _has_undo(self) -> bool:
+        sd = self.policy.shutdown
+        return sd is not None and any(st.undo for stage in sd.stages for st in stage.steps)
+
+    def _plan_step(self, outcome: StepOutcome) -> None:
+        sd = self.policy.shutdown
+        assert sd is not None
+        self._emit(
+            sd.group,
+            "shutdown.step",
+            Severity.INFO if outcome.ok else Severity.WARNING,
+            f"shutdown step {outcome.label}: {outcome.detail}",
+            stage=outcome.stage,
+            step=outcome.step,
+            ok=outcome.ok,
+            duration=round(outcome.duration, 3),
+        )
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def recovery_stages(self) -> list[StageConfig]:
+        """Undo what the last shutdown stopped (reverse order), then the recovery stages."""
+        sd = self.policy.shutdown
+        stages: list[StageConfig] = []
+        last = self.journal.last_run("shutdown")
+        if sd is not None and last is not None:
+            done = {
+                (s.stage, s.step)
+                for s in self.journal.steps(last.id)
+                if s.state in ("done", "interrupted")
+            }
+            undo: list[StepConfig] = []
+            for si in reversed(range(len(sd.stages))):
+                for ti, step in enumerate(sd.stages[si].steps):
+                    if step.undo and (si, ti) in done:
+                        undo.append(
+                            step.model_copy(
+                                update={"action": step.undo, "name": f"{step.device} {step.undo}"}
+                            )
+                        )
+            for step in undo:
+                stages.append(StageConfig(name=f"undo {step.device}", steps=[step]))
+        if self.policy.recovery is not None:
+            stages.extend(self.policy.recovery.stages)
+        return stages
+
+    def _start_recovery(self, resume: RunRecord | None = None) -> None:
+        stages = self.recovery_stages()
+        self.recovery_pending = False
+        if not stages:
+            return
+        run_id = (
+            resume.id
+            if resume
+            else self.journal.start_run("recovery", "power back and stable", drill=self.drill)
+        )
+        retries = self.policy.recovery.retries if self.policy.recovery else 3
+
+        async def with_retries(step: StepConfig, ctx: StepContext) -> tuple[bool, str]:
+            detail = ""
+            for attempt in range(1, (retries if step.kind == "device" else 1) + 1):
+                ok, detail = await execute_step(step, ctx)
+                if ok:
+                    return True, detail if attempt == 1 else f"{detail} (attempt {attempt})"
+                await asyncio.sleep(min(2.0 * attempt, 10.0))
+            return False, detail
+
+        ctx = StepContext(
+            self.drivers, {"site": self.site, "type": "recovery.started"}, self.dry_run
+        )
+        runner = PlanRunner(self.journal, run_id, stages, ctx, self._recovery_step, with_retries)
+        if not resume:
+            self._emit(
+                self.site,
+                "recovery.started",
+                Severity.INFO,
+                f"recovery of {self.site} started: power is back and stable",
+                run=run_id,
+            )
+        self.recovery_task = asyncio.create_task(
+            self._recover(runner, run_id, resume is not None), name="recovery"
+        )
+
+    async def _recover(self, runner: PlanRunner, run_id: int, resume: bool) -> None:
+        started = self.clock()
+        try:
+            ok = await runner.run(resume=resume)
+        finally:
+            self.recovery_task = None
+        took = self.clock() - started
+        self.journal.end_run(run_id, "completed" if ok else "failed")
+        if ok:
+            self._emit(
+                self.site,
+                "recovery.completed",
+                Severity.INFO,
+                f"recovery of {self.site} completed in {took:.0f} s",
+                run=run_id,
+                duration=took,
+            )
+        else:
+            self._emit(
+                self.site,
+                "recovery.failed",
+                Severity.CRITICAL,
+                f"recovery of {self.site} failed: see the steps",
+                run=run_id,
+            )
+
+    def _recovery_step(self, outcome: StepOutcome) -> None:
+        self._emit(
+            self.site,
+            "recovery.step",
+            Severity.INFO if outcome.ok else Severity.WARNING,
+            f"recovery step {outcome.label}: {outcome.detail}",
+            stage=outcome.stage,
+            step=outcome.step,
+            ok=outcome.ok,
+            duration=round(outcome.duration, 3),
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _emit(self, device: str, kind: str, severity: Severity, message: str, **data: Any) -> None:
+        event = Event(self.site, device, kind, severity, message, data=data)
+        with contextlib.suppress(Exception):
+            self.emit_event(event)

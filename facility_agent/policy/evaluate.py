@@ -1,0 +1,199 @@
+"""Pure evaluation of the site's states against the policy: no I/O, time passed in.
+
+Kept apart from the engine so every rule (debounce, hysteresis, corroboration, the dead-UPS
+rule) can be tested with nothing but states and a clock value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..model import DeviceState, MetricValue
+from .config import ConfirmCondition, GroupConfig, Member
+
+GroupStatus = Literal["ok", "degraded", "lost"]
+
+
+class Held:
+    """A condition that counts only after holding for `hold` seconds (hysteresis by time)."""
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+        self.since: float | None = None
+
+    def update(self, condition: bool, now: float) -> bool:
+        if not condition:
+            self.since = None
+            return False
+        if self.since is None:
+            self.since = now
+        return now - self.since >= self.hold
+
+    @property
+    def pending(self) -> bool:
+        return self.since is not None
+
+
+def _num(metrics: Mapping[str, MetricValue], key: str) -> float | None:
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def member_healthy(group: GroupConfig, member: Member, state: DeviceState | None) -> bool:
+    if state is None or state.comm != "ok":
+        return False
+    if member.metric is not None:
+        value = state.metrics.get(member.metric)
+        return str(value).strip().lower() in {v.lower() for v in group.ok_values}
+    if group.kind == "power":
+        flags = set(state.status)
+        return "OL" in flags and not flags & {"OB", "OFF", "FSD"}
+    return True
+
+
+@dataclass
+class GroupView:
+    status: GroupStatus
+    healthy: int
+    down: list[str]
+
+    def payload_metrics(self, group: GroupConfig) -> dict[str, MetricValue]:
+        return {
+            "redundancy.healthy": self.healthy,
+            "redundancy.members": len(group.members),
+            "redundancy.min": group.min,
+        }
+
+
+class GroupEvaluator:
+    """A group's status, each member's health debounced by the group's `hold`."""
+
+    def __init__(self, group: GroupConfig) -> None:
+        self.group = group
+        self._counted: dict[str, bool] = {}
+        self._flip: dict[str, Held] = {str(m): Held(group.hold) for m in group.members}
+        self.view: GroupView | None = None
+
+    def update(self, states: Mapping[str, DeviceState], now: float) -> GroupView:
+        down = []
+        for member in self.group.members:
+            key = str(member)
+            raw = member_healthy(self.group, member, states.get(member.device))
+            if key not in self._counted:
+                # No history yet: take the first reading as it is, so a site that starts up
+                # degraded says so at once.
+                if states.get(member.device) is not None:
+                    self._counted[key] = raw
+            elif self._flip[key].update(raw != self._counted[key], now):
+                self._counted[key] = raw
+                self._flip[key].since = None
+            if not self._counted.get(key, False):
+                down.append(key)
+        healthy = len(self.group.members) - len(down)
+        status: GroupStatus
+        if healthy >= len(self.group.members):
+            status = "ok"
+        elif healthy >= self.group.min:
+            status = "degraded"
+        else:
+            status = "lost"
+        self.view = GroupView(status, healthy, down)
+        return self.view
+
+    @property
+    def ready(self) -> bool:
+        """Every member has been heard from at least once."""
+        return len(self._counted) == len(self.group.members)
+
+
+@dataclass
+class PowerView:
+    """What a power group's UPS units say together."""
+
+    online: list[str] = field(default_factory=list)
+    on_battery: list[str] = field(default_factory=list)
+    low_battery: list[str] = field(default_factory=list)
+    unconfirmed_low: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    fsd: list[str] = field(default_factory=list)
+    runtime: float | None = None
+    min_charge: float | None = None
+
+    def on_battery_group(self, need: int) -> bool:
+        return len(self.online) < need
+
+    def critical(self, need: int, count_dead: bool) -> bool:
+        """Fewer than `need` members can still carry the load: low battery (believed), FSD, or
+        lost while on battery (NUT's dead-UPS rule)."""
+        bad = set(self.low_battery) | set(self.fsd)
+        if count_dead:
+            bad |= set(self.dead)
+        members = set(self.online) | set(self.on_battery) | set(self.dead)
+        return len(members - bad) < need
+
+
+def confirmed(conditions: list[ConfirmCondition], states: Mapping[str, DeviceState]) -> bool:
+    for cond in conditions:
+        st = states.get(cond.device)
+        if st is None or st.comm != "ok" or not cond.holds(st.metrics.get(cond.metric)):
+            return False
+    return True
+
+
+def power_view(
+    group: GroupConfig,
+    states: Mapping[str, DeviceState],
+    confirm: list[ConfirmCondition] | None = None,
+) -> PowerView:
+    view = PowerView()
+    runtimes: list[float] = []
+    charges: list[float] = []
+    others_confirm = confirmed(confirm or [], states)
+    for member in group.members:
+        st = states.get(member.device)
+        if st is None:
+            continue
+        flags = set(st.status)
+        if st.comm != "ok":
+            # NUT's rule: a UPS gone quiet while on battery is as good as flat; one gone quiet
+            # while on line is assumed to still be on line (comm loss is not power loss).
+            if "OB" in flags:
+                view.dead.append(member.device)
+            elif "OL" in flags:
+                view.online.append(member.device)
+            continue
+        if "FSD" in flags:
+            view.fsd.append(member.device)
+        if "OB" in flags:
+            view.on_battery.append(member.device)
+        elif "OL" in flags and "OFF" not in flags:
+            view.online.append(member.device)
+        if "LB" in flags:
+            # A low-battery flag is believed only from a UPS that also says it is on battery
+            # and when every other configured source agrees the input is gone: a spurious LB
+            # alone never powers a rack off.
+            if "OB" in flags and others_confirm:
+                view.low_battery.append(member.device)
+            else:
+                view.unconfirmed_low.append(member.device)
+        if "OFF" not in flags:
+            runtime = _num(st.metrics, "battery.runtime")
+            if runtime is not None:
+                runtimes.append(runtime)
+        charge = _num(st.metrics, "battery.charge")
+        if charge is not None and member.device in view.online:
+            charges.append(charge)
+    runtimes.sort(reverse=True)
+    # The group keeps `min` members up for as long as its min-th best battery lasts.
+    view.runtime = runtimes[group.min - 1] if len(runtimes) >= group.min else 0.0
+    view.min_charge = min(charges) if charges else None
+    return view
+
+
+def metric(states: Mapping[str, DeviceState], device: str, name: str) -> Any:
+    st = states.get(device)
+    return None if st is None else st.metrics.get(name)

@@ -1,0 +1,174 @@
+"""Runs one plan: stages in order, the steps of a stage in parallel, every step journaled.
+
+The runner can start a plan or resume one the journal says was running when the agent died:
+steps done are not run again, the step that was in the middle is re-run only when it is a
+verified, idempotent action (`resume: rerun`) and is otherwise counted as interrupted, and the
+rest runs as planned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..actions.hooks import run_hook
+from ..driver import Driver
+from .config import StageConfig, StepConfig
+from .journal import Journal
+
+log = logging.getLogger(__name__)
+
+#: (step, stage index, step index, outcome ok, detail, duration)
+StepListener = Callable[["StepOutcome"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    stage: int
+    step: int
+    label: str
+    ok: bool
+    detail: str
+    duration: float
+    skipped: bool = False
+
+
+@dataclass
+class StepContext:
+    """What a step needs from the world: device drivers and the plan's description."""
+
+    drivers: Mapping[str, Driver]
+    event: Mapping[str, Any] = field(default_factory=dict)
+    dry_run: bool = False
+
+
+async def execute_step(
+    step: StepConfig, ctx: StepContext, action: str | None = None
+) -> tuple[bool, str]:
+    """Run one step; `action` overrides the step's (used for undo). Never raises for the
+    step's own failure: returns (ok, what happened)."""
+    if step.kind == "wait":
+        assert step.wait is not None
+        await asyncio.sleep(step.wait)
+        return True, f"waited {step.wait:g} s"
+    if step.kind == "run":
+        assert step.run is not None
+        if ctx.dry_run:
+            return True, "dry run: would run " + " ".join(step.run)
+        result = await run_hook(step.run, timeout=step.timeout, event=ctx.event)
+        detail = result.describe()
+        if result.output.strip():
+            detail += ": " + result.output.strip().splitlines()[-1][:200]
+        return result.ok, detail
+    assert step.device is not None
+    name = action or step.action or ""
+    driver = ctx.drivers.get(step.device)
+    if driver is None:
+        return False, f"no device {step.device!r} in this agent"
+    try:
+        outcome = await asyncio.wait_for(driver.run_action(name, dict(step.params)), step.timeout)
+    except TimeoutError:
+        return False, f"{step.device} {name}: no outcome within {step.timeout:g} s"
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        return False, f"{step.device} {name}: {reason}"
+    return True, str(outcome)
+
+
+class PlanRunner:
+    def __init__(
+        self,
+        journal: Journal,
+        run_id: int,
+        stages: list[StageConfig],
+        ctx: StepContext,
+        on_step: StepListener | None = None,
+        execute: Callable[[StepConfig, StepContext], Awaitable[tuple[bool, str]]] = execute_step,
+    ) -> None:
+        self.journal = journal
+        self.run_id = run_id
+        self.stages = stages
+        self.ctx = ctx
+        self.on_step = on_step
+        self.execute = execute
+        self.stage = 0
+        self.failed = False
+        self.no_return_reached = False
+
+    @property
+    def past_no_return(self) -> bool:
+        """True once a `no_return` stage has begun: cancelling would leave things half off."""
+        return self.no_return_reached
+
+    async def run(self, resume: bool = False) -> bool:
+        """Run (or resume) every stage; True when every step that had to succeed did."""
+        done: dict[tuple[int, int], str] = {}
+        if resume:
+            done = {(s.stage, s.step): s.state for s in self.journal.steps(self.run_id)}
+        for si, stage in enumerate(self.stages):
+            finished = ("done", "failed", "interrupted")
+            if resume and all(done.get((si, ti)) in finished for ti in range(len(stage.steps))):
+                self.no_return_reached = self.no_return_reached or stage.no_return
+                continue
+            self.stage = si
+            self.no_return_reached = self.no_return_reached or stage.no_return
+            self.journal.reach_stage(self.run_id, si)
+            results = await asyncio.gather(
+                *(
+                    self._step(si, ti, step, done.get((si, ti)))
+                    for ti, step in enumerate(stage.steps)
+                )
+            )
+            if not all(results):
+                self.failed = True
+                log.warning("stage %r of the plan stopped on a failed step", stage.name)
+                return False
+        return not self.failed
+
+    async def _step(self, si: int, ti: int, step: StepConfig, before: str | None) -> bool:
+        if before in ("done", "failed"):
+            return before == "done" or step.on_failure == "continue"
+        if before == "interrupted" or (before == "started" and not step.rerun_on_resume):
+            if before == "started":
+                self.journal.step_ended(
+                    self.run_id,
+                    si,
+                    ti,
+                    "interrupted",
+                    "the agent stopped while this step ran; not run again",
+                )
+            self._tell(
+                StepOutcome(
+                    si,
+                    ti,
+                    step.label,
+                    True,
+                    "interrupted by an agent restart; not run again",
+                    0.0,
+                    True,
+                )
+            )
+            return True
+        self.journal.step_started(self.run_id, si, ti, step.label)
+        started = time.monotonic()
+        try:
+            ok, detail = await self.execute(step, self.ctx)
+        except asyncio.CancelledError:
+            self.journal.step_ended(self.run_id, si, ti, "interrupted", "plan cancelled")
+            raise
+        self.journal.step_ended(self.run_id, si, ti, "done" if ok else "failed", detail)
+        self._tell(StepOutcome(si, ti, step.label, ok, detail, time.monotonic() - started))
+        return ok or step.on_failure == "continue"
+
+    def _tell(self, outcome: StepOutcome) -> None:
+        if self.on_step is not None:
+            try:
+                self.on_step(outcome)
+            except Exception:
+                log.exception("a step listener failed")
