@@ -19,6 +19,7 @@ from .clock import SimClock
 from .nut_server import NutServer, NutUser
 from .scenario import AppliedStep, Scenario, ScenarioRunner, apply_action, load_scenario
 from .site import SimulatedSite
+from .snmp_agent import SnmpAgentFace
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,12 @@ class SimulatorOptions:
     host: str = "127.0.0.1"
     #: TCP port of the NUT face; 0 = any free port; None = no NUT face.
     nut_port: int | None = 0
+    #: UDP port of the SNMP face (all agents, chosen by community); 0 = any free; None = none.
+    snmp_port: int | None = None
+    #: Where the SNMP face sends its v2c traps: (host, port) pairs.
+    snmp_trap_targets: list[tuple[str, int]] = field(default_factory=list)
+    #: Outlets each simulated PDU shows over SNMP (at least those the site wires).
+    snmp_pdu_outlets: int = 24
     #: Real seconds between two model steps.
     tick: float = 0.1
     #: NUT users; None = nut_server.DEFAULT_USERS (admin/adminpass, monuser/monpass ...).
@@ -92,6 +99,16 @@ class RunningSimulator:
         self.nut: NutServer | None = None
         if opts.nut_port is not None:
             self.nut = NutServer(self.site, opts.host, opts.nut_port, opts.users)
+        self.snmp: SnmpAgentFace | None = None
+        if opts.snmp_port is not None:
+            self.snmp = SnmpAgentFace(
+                self.site,
+                opts.host,
+                opts.snmp_port,
+                trap_targets=opts.snmp_trap_targets,
+                pdu_outlets=opts.snmp_pdu_outlets,
+                tick=opts.tick,
+            )
         self.finished = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -100,6 +117,8 @@ class RunningSimulator:
     async def start(self) -> None:
         if self.nut:
             await self.nut.start()
+        if self.snmp:
+            await self.snmp.start()
         # Simulated time starts now, once the faces listen: t=0 of the scenario is "ready".
         self.clock = SimClock(self.clock.speed)
         if self.scenario_runner:
@@ -114,6 +133,8 @@ class RunningSimulator:
             self._ticker = None
         if self.nut:
             await self.nut.stop()
+        if self.snmp:
+            await self.snmp.stop()
 
     async def __aenter__(self) -> RunningSimulator:
         await self.start()
@@ -157,7 +178,10 @@ class RunningSimulator:
     def info(self) -> SimulatorInfo:
         return SimulatorInfo(
             host=self.options.host,
-            ports={"nut": self.nut.port} if self.nut else {},
+            ports={
+                **({"nut": self.nut.port} if self.nut else {}),
+                **({"snmp": self.snmp.port} if self.snmp else {}),
+            },
             site=self.site.name,
             ups=self.site.ups_names(),
             scenario=self.scenario.name if self.scenario else None,
