@@ -1,0 +1,156 @@
+"""The policy against the simulated site over real NUT, with the agent as its own process:
+kill -9 at every step of a plan resumes it with no step run twice and none skipped, and the
+UPS really receives `shutdown.return` over the NUT protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from facility_agent.simulators.serve import RunningSimulator
+from tests.fixtures.procs import Proc
+
+STAGES = 4
+
+
+def step_hook(tmp_path: Path) -> Path:
+    script = tmp_path / "step.py"
+    script.write_text(
+        "import sys, time\n"
+        "log = sys.argv[1]; name = sys.argv[2]\n"
+        "open(log, 'a').write(f'start {name}\\n')\n"
+        "time.sleep(0.8)\n"
+        "open(log, 'a').write(f'end {name}\\n')\n"
+    )
+    return script
+
+
+def write_site(tmp_path: Path, nut_port: int, extra_stage: dict[str, Any] | None = None) -> Path:
+    script = step_hook(tmp_path)
+    log = tmp_path / "steps.log"
+    stages = [
+        {"name": f"s{i}", "steps": [{"run": [sys.executable, str(script), str(log), f"s{i}"]}]}
+        for i in range(STAGES)
+    ]
+    if extra_stage:
+        stages.append(extra_stage)
+    site = {
+        "site": "lab1",
+        "state_dir": str(tmp_path / "state"),
+        "devices": [
+            {
+                "id": u,
+                "driver": "nut",
+                "host": "127.0.0.1",
+                "port": nut_port,
+                "ups": u,
+                "interval": 0.25,
+                "username": "admin",
+                "password": "adminpass",
+                "allow_writes": True,
+            }
+            for u in ("ups-a", "ups-b")
+        ],
+        "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
+        "shutdown": {
+            "group": "ups",
+            "triggers": {"on_battery_for": 0.5, "hold": 0.2, "runtime_margin": None},
+            "stages": stages,
+        },
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site))
+    return path
+
+
+def journal_state(tmp_path: Path) -> str | None:
+    db = tmp_path / "state" / "journal.sqlite"
+    if not db.exists():
+        return None
+    with sqlite3.connect(db) as con:
+        row = con.execute(
+            "SELECT state FROM runs WHERE kind='shutdown' ORDER BY id DESC"
+        ).fetchone()
+    return None if row is None else str(row[0])
+
+
+async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what} not seen within {timeout} s")
+
+
+def lines(tmp_path: Path) -> list[str]:
+    log = tmp_path / "steps.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.mark.parametrize("kill_during", range(STAGES))
+async def test_kill_9_at_every_step_resumes_without_repeats_or_gaps(
+    kill_during: int,
+    tmp_path: Path,
+    nut_simulator: RunningSimulator,
+    procs: Callable[..., Proc],
+) -> None:
+    site = write_site(tmp_path, nut_simulator.nut_port)
+    argv = [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(site)]
+    agent = procs(argv, tmp_path / "agent1.log")
+    await asyncio.sleep(1.5)
+    nut_simulator.inject("generator.crank_fail")
+    nut_simulator.inject("utility.fail")
+    await until(lambda: f"start s{kill_during}" in lines(tmp_path), 20, f"stage {kill_during}")
+    agent.signal(signal.SIGKILL)
+    agent.popen.wait(10)
+    assert journal_state(tmp_path) == "running"
+    again = procs(argv, tmp_path / "agent2.log")
+    await until(lambda: journal_state(tmp_path) == "completed", 30, "the resumed plan")
+    await asyncio.sleep(1.0)  # a hook orphaned by the kill finishes its own work
+    got = lines(tmp_path)
+    for i in range(STAGES):
+        assert got.count(f"start s{i}") == 1, got  # never run twice
+        assert got.count(f"end s{i}") == 1, got  # never skipped
+    starts = [line for line in got if line.startswith("start")]
+    assert starts == [f"start s{i}" for i in range(STAGES)]
+    assert "resuming shutdown run" in again.output()
+    again.signal(signal.SIGTERM)
+    assert again.popen.wait(15) == 0
+
+
+async def test_shutdown_return_reaches_the_ups_over_nut(
+    tmp_path: Path,
+    nut_simulator: RunningSimulator,
+    procs: Callable[..., Proc],
+) -> None:
+    last = {
+        "name": "ups",
+        "no_return": True,
+        "steps": [
+            {"device": "ups-a", "action": "shutdown.return"},
+            {"device": "ups-b", "action": "shutdown.return"},
+        ],
+    }
+    site = write_site(tmp_path, nut_simulator.nut_port, extra_stage=last)
+    agent = procs(
+        [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(site)], tmp_path / "a.log"
+    )
+    await asyncio.sleep(1.5)
+    nut_simulator.inject("generator.crank_fail")
+    nut_simulator.inject("utility.fail")
+    await until(lambda: journal_state(tmp_path) == "completed", 30, "the plan")
+    ups = nut_simulator.site.ups["ups-a"]
+    assert ups.shutdown_kind == "return"  # the NUT INSTCMD arrived and the model took it
+    assert "INSTCMD shutdown.return accepted" in agent.output()
+    agent.signal(signal.SIGTERM)
+    assert agent.popen.wait(15) == 0
