@@ -95,7 +95,7 @@ class StatusRule(_M):
             key: object = value
             if isinstance(value, float) and value.is_integer():
                 key = int(value)
-            found = self.map.get(key) if isinstance(key, str | int) else None  # type: ignore[arg-type]
+            found = self.map.get(key) if isinstance(key, str | int) else None
             if found is None:
                 found = self.map.get(str(key), [])
             return list(found)

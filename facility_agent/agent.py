@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from .config import SiteConfig
+from .config import SiteConfig, TrapsConfig
 from .driver import Driver
 from .model import DeviceState, Event, Severity, utcnow
 from .policy.engine import PolicyEngine
@@ -16,6 +16,7 @@ from .poller import DevicePoller, PollFailed, PollOk, PollOutcome
 from .registry import driver_class
 from .sinks.base import Sink
 from .state import SiteState, Transition
+from .traps import SnmpDevice, TrapListener
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,14 @@ _LOG_LEVEL = {
     Severity.WARNING: logging.WARNING,
     Severity.CRITICAL: logging.ERROR,
 }
-_ALERT_FLAGS = frozenset({"OB", "LB", "FSD", "OVER", "BYPASS"})
+#: A device showing one of these flags is polled at its `alert_interval` (NUT's POLLFREQALERT):
+#: UPS flags, and the degradation flags of PDUs, transfer switches and uplinks (SNMP profiles).
+_ALERT_FLAGS = frozenset(
+    {"OB", "LB", "FSD", "OVER", "BYPASS", "INPUT_LOST", "FEED_LOST", "REDUNDANCY_LOST", "LINK_DOWN"}
+)
+#: Power trouble anywhere puts every device of the site in alert mode: during an outage the
+#: whole power path matters, not only the box that noticed first.
+_SITE_ALERT_FLAGS = frozenset({"OB", "LB", "FSD", "INPUT_LOST", "FEED_LOST", "REDUNDANCY_LOST"})
 
 
 def default_sinks(config: SiteConfig) -> list[Sink]:
@@ -36,7 +44,7 @@ def default_sinks(config: SiteConfig) -> list[Sink]:
         from .sinks.mqtt import MqttSink
 
         sinks.append(MqttSink(config.mqtt, config.site))
-    for section in ("traps", "influxdb", "prometheus", "notify"):
+    for section in ("influxdb", "prometheus", "notify"):
         if getattr(config, section) is not None:
             log.warning("the %r section is accepted but not acted on by this version", section)
     return sinks
@@ -55,6 +63,7 @@ class Agent:
         self._last_published: dict[str, float] = {}
         self.heartbeat = config.mqtt.heartbeat if config.mqtt else 60.0
         self.policy: PolicyEngine | None = None
+        self.traps: TrapListener | None = None
         #: Drill runs journal as drills and may skip hooks (`facility-agent drill --dry-run`).
         self.drill = False
         self.dry_run = False
@@ -92,6 +101,8 @@ class Agent:
         for poller in self.pollers.values():
             self._tasks.append(asyncio.create_task(poller.run(), name=f"poll:{poller.device}"))
         self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+        if self.config.traps is not None:
+            await self._start_traps(self.config.traps)
         log.info(
             "agent for site %s started: %d device(s), %d sink(s)",
             self.config.site,
@@ -107,6 +118,9 @@ class Agent:
                 await self.policy.stop()
             except Exception:
                 log.exception("stopping the policy engine failed")
+        if self.traps is not None:
+            await self.traps.stop()
+            self.traps = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -144,9 +158,43 @@ class Agent:
                 outcome.device, driver, outcome.error.reason, utcnow()
             )
         self._deliver(transition)
-        poller = self.pollers[outcome.device]
-        st = transition.state
-        poller.set_alert(st.comm == "lost" or bool(_ALERT_FLAGS & set(st.status)))
+        self._update_alerts()
+
+    def _update_alerts(self) -> None:
+        """Alert-mode polling: a device is polled faster while it, or the site's power, is
+        degraded (comm lost, on battery, a PDU without input, an ATS feed or a link down)."""
+        states = self.state.all()
+        site_alert = any(_SITE_ALERT_FLAGS & set(st.status) for st in states.values())
+        for device, poller in self.pollers.items():
+            st = states.get(device)
+            own = st is not None and (st.comm == "lost" or bool(_ALERT_FLAGS & set(st.status)))
+            poller.set_alert(own or site_alert)
+
+    async def _start_traps(self, config: TrapsConfig) -> None:
+        """Start the SNMP trap listener; a port it cannot bind is logged, not fatal."""
+        devices = [
+            SnmpDevice(d.id, str(getattr(d, "host", "")), str(getattr(d, "profile", "")))
+            for d in self.config.devices
+            if d.driver == "snmp" and getattr(d, "host", None)
+        ]
+
+        def poll_now(device: str) -> None:
+            poller = self.pollers.get(device)
+            if poller is not None:
+                poller.poll_now()
+
+        listener = TrapListener(config, self.config.site, devices, self.emit, poll_now)
+        try:
+            await listener.start()
+        except Exception as exc:
+            log.error(
+                "SNMP trap listener cannot listen on %s: %s (port 162 needs privilege: "
+                "see docs/snmp.md); polling goes on without traps",
+                config.listen,
+                exc,
+            )
+            return
+        self.traps = listener
 
     def _deliver(self, transition: Transition) -> None:
         state = transition.state

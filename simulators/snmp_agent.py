@@ -261,6 +261,15 @@ def _i(fn: Callable[[_Read], float], tag: int = INTEGER) -> Getter:
     return lambda r: (tag, round(fn(r)))
 
 
+def _c(value: int, tag: int = INTEGER) -> Getter:
+    return lambda r: (tag, value)
+
+
+def _at(fn: Callable[[_Read, int], float], n: int, tag: int = INTEGER) -> Getter:
+    """A getter for row `n` of a table whose cells all come from `fn(read, n)`."""
+    return lambda r: (tag, round(fn(r, n)))
+
+
 def _system(agent: Agent, descr: str, object_id: Oid, face: SnmpAgentFace) -> None:
     base = (1, 3, 6, 1, 2, 1, 1)
     agent.add((*base, 1, 0), _s(descr))
@@ -386,9 +395,9 @@ def _pdu_agent(face: SnmpAgentFace, name: str, outlets: int) -> Agent:
     a.add((*q, 6, 3, 1, 6, 1), _i(lambda r: r.site.pdus[name].voltage))
     a.add((*q, 6, 3, 1, 7, 1), _i(lambda r: r.site.pdus[name].load_w / 10))
     for b in (1, 2):
-        a.add((*q, 8, 3, 1, 1, b), _i(lambda r, b=b: b))
-        a.add((*q, 8, 3, 1, 4, b), _i(lambda r, b=b: 1 if bank(r, b) < 0.1 else 2))
-        a.add((*q, 8, 3, 1, 5, b), _i(lambda r, b=b: bank(r, b) * 10, GAUGE32))
+        a.add((*q, 8, 3, 1, 1, b), _c(b))
+        a.add((*q, 8, 3, 1, 4, b), _at(lambda r, b: 1 if bank(r, b) < 0.1 else 2, b))
+        a.add((*q, 8, 3, 1, 5, b), _at(lambda r, b: bank(r, b) * 10, b, GAUGE32))
     e = EATON_EPDU
     a.add((*e, 1, 2, 1, 2, 0), _s("Eaton ePDU G3 (simulated)"))
     a.add((*e, 1, 2, 1, 3, 0), _s("EMA107-10"))
@@ -399,18 +408,18 @@ def _pdu_agent(face: SnmpAgentFace, name: str, outlets: int) -> Agent:
     a.add((*e, 3, 3, 1, 4, 0, 1, 1), _i(lambda r: r.site.pdus[name].current * 1000))
     a.add((*e, 3, 4, 1, 4, 0, 1, 1), _i(lambda r: r.site.pdus[name].load_w))
     for n in range(1, outlets + 1):
-        a.add((*q, 9, 2, 3, 1, 1, n), _i(lambda r, n=n: n))
+        a.add((*q, 9, 2, 3, 1, 1, n), _c(n))
         a.add((*q, 9, 2, 3, 1, 3, n), _s(label(n)))
         a.add((*q, 9, 2, 3, 1, 5, n), _i(lambda r: 2))
-        a.add((*q, 9, 4, 3, 1, 1, n), _i(lambda r, n=n: n))
+        a.add((*q, 9, 4, 3, 1, 1, n), _c(n))
         a.add((*q, 9, 4, 3, 1, 3, n), _s(label(n)))
-        a.add((*q, 9, 4, 3, 1, 4, n), _i(lambda r, n=n: n))
-        a.add((*q, 9, 4, 3, 1, 5, n), _i(lambda r, n=n: 1 if amps(r, n) < 0.1 else 2))
-        a.add((*q, 9, 4, 3, 1, 6, n), _i(lambda r, n=n: amps(r, n) * 10, GAUGE32))
-        a.add((*q, 9, 4, 3, 1, 7, n), _i(lambda r, n=n: watts(r, n), GAUGE32))
+        a.add((*q, 9, 4, 3, 1, 4, n), _c(n))
+        a.add((*q, 9, 4, 3, 1, 5, n), _at(lambda r, n: 1 if amps(r, n) < 0.1 else 2, n))
+        a.add((*q, 9, 4, 3, 1, 6, n), _at(lambda r, n: amps(r, n) * 10, n, GAUGE32))
+        a.add((*q, 9, 4, 3, 1, 7, n), _at(watts, n, GAUGE32))
         a.add((*e, 6, 1, 1, 3, 0, n), _s(label(n)))
-        a.add((*e, 6, 4, 1, 3, 0, n), _i(lambda r, n=n: amps(r, n) * 1000))
-        a.add((*e, 6, 5, 1, 3, 0, n), _i(lambda r, n=n: watts(r, n)))
+        a.add((*e, 6, 4, 1, 3, 0, n), _at(lambda r, n: amps(r, n) * 1000, n))
+        a.add((*e, 6, 5, 1, 3, 0, n), _at(watts, n))
         a.add((*e, 6, 6, 1, 2, 0, n), _i(lambda r: 1))
     return a
 
@@ -461,10 +470,10 @@ def _ats_agent(face: SnmpAgentFace) -> Agent:
     a.add((*t, 5, 1, 13, 0), _i(lambda r: 2 if b_ok(r) else 1))
     a.add((*t, 5, 1, 15, 0), _i(lambda r: 2 if r.site.ats and r.site.ats.live else 1))
     for src in (1, 2):
-        a.add((*t, 5, 3, 2, 1, 1, src), _i(lambda r, src=src: src))
-        a.add((*t, 5, 3, 2, 1, 4, src), _i(lambda r, src=src: freq(r, src)))
+        a.add((*t, 5, 3, 2, 1, 1, src), _c(src))
+        a.add((*t, 5, 3, 2, 1, 4, src), _at(freq, src))
         a.add((*t, 5, 3, 2, 1, 6, src), _s("Source A" if src == 1 else "Source B"))
-        a.add((*t, 5, 3, 3, 1, 3, src, 1, 1), _i(lambda r, src=src: volts(r, src)))
+        a.add((*t, 5, 3, 3, 1, 3, src, 1, 1), _at(volts, src))
     a.add((*t, 5, 4, 2, 1, 4, 1), _i(lambda r: r.site.source(name)[2]))
     a.add((*t, 5, 4, 5, 1, 4, 1), _i(lambda r: load_w(r) / 230.0 * 10 if out_v(r) else 0, GAUGE32))
     a.add((*t, 5, 4, 5, 1, 6, 1), _i(out_v))
@@ -478,20 +487,16 @@ def _switch_agent(face: SnmpAgentFace, name: str) -> Agent:
     links = list(face.site.uplinks)
     a.add((1, 3, 6, 1, 2, 1, 2, 1, 0), _i(lambda r: len(links)))
     for i, link in enumerate(links, start=1):
-
-        def up(r: _Read, link: str = link) -> bool:
-            return r.site.uplinks[link].up
-
         rate = 125_000 * i  # bytes per simulated second
 
-        a.add((*IF_ENTRY, 1, i), _i(lambda r, i=i: i))
+        a.add((*IF_ENTRY, 1, i), _c(i))
         a.add((*IF_ENTRY, 2, i), _s(link))
         a.add((*IF_ENTRY, 3, i), _i(lambda r: 6))
         a.add((*IF_ENTRY, 5, i), _i(lambda r: 1_000_000_000, GAUGE32))
         a.add((*IF_ENTRY, 7, i), _i(lambda r: 1))
-        a.add((*IF_ENTRY, 8, i), _i(lambda r, up=up: 1 if up(r) else 2))
-        a.add((*IF_ENTRY, 10, i), _i(lambda r, k=rate: r.site.time * k, COUNTER32))
-        a.add((*IF_ENTRY, 16, i), _i(lambda r, k=rate: r.site.time * k / 2, COUNTER32))
+        a.add((*IF_ENTRY, 8, i), _at(lambda r, j: 1 if r.site.uplinks[links[j]].up else 2, i - 1))
+        a.add((*IF_ENTRY, 10, i), _at(lambda r, k: r.site.time * k, rate, COUNTER32))
+        a.add((*IF_ENTRY, 16, i), _at(lambda r, k: r.site.time * k / 2, rate, COUNTER32))
     return a
 
 
