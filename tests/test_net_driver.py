@@ -133,7 +133,8 @@ async def test_uplink_lost_is_seen_and_costs_only_its_timeout(
         ]
     )
     await poll_until(d, "uplink.far.status", "up")  # its kernel answers (RST): the path works
-    subprocess.run(["ip", "netns", "exec", ns, "ip", "link", "set", veth[1], "down"], check=True)
+    down = ["ip", "netns", "exec", ns, "ip", "link", "set", veth[1], "down"]
+    await asyncio.to_thread(subprocess.run, down, check=True)
     started = asyncio.get_running_loop().time()
     sample = await poll_until(d, "uplink.far.status", "down")
     assert sample.metrics["uplink.local.status"] == "up"
