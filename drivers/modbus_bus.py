@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 from pymodbus import FramerType
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerRTU
 from pymodbus.pdu import ExceptionResponse
 
 from facility_agent.driver import DeviceError, DeviceTimeout, NotFoundError, ProtocolError
@@ -138,10 +139,17 @@ class ModbusLink:
 
     # ---- connection ---------------------------------------------------------------------
 
-    def _trace(self, sending: bool, data: bytes) -> bytes:
-        if not sending:
+    def _watch(self, client: AsyncModbusSerialClient | AsyncModbusTcpClient) -> None:
+        """Count every byte that arrives, before pymodbus drops what it cannot frame (it
+        silently discards a buffer over 256 bytes, bad CRCs and other units' frames)."""
+        proto = client.ctx
+        inner = proto.datagram_received
+
+        def counted(data: bytes, addr: tuple[str, int] | None) -> None:
             self._received += data
-        return data
+            inner(data, addr)
+
+        setattr(proto, "datagram_received", counted)  # noqa: B010 - patching an instance method
 
     def _new_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
         p = self.params
@@ -158,15 +166,9 @@ class ModbusLink:
                 timeout=self.request_timeout,
                 retries=0,
                 reconnect_delay=0,
-                trace_packet=self._trace,
             )
         return AsyncModbusTcpClient(
-            p.host,
-            port=p.port,
-            timeout=self.request_timeout,
-            retries=0,
-            reconnect_delay=0,
-            trace_packet=self._trace,
+            p.host, port=p.port, timeout=self.request_timeout, retries=0, reconnect_delay=0
         )
 
     async def _ensure_open(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
@@ -175,6 +177,7 @@ class ModbusLink:
             return client
         self._drop()
         client = self._new_client()
+        self._watch(client)
         try:
             ok = await asyncio.wait_for(client.connect(), self.connect_timeout)
         except (TimeoutError, OSError, ModbusException) as exc:
@@ -232,6 +235,19 @@ class ModbusLink:
 
         what = f"read {table} {address}+{count}"
         rr = await self._request(unit, what, call)
+        if isinstance(self.params, SerialParams):
+            # pymodbus takes the first valid frame and ignores what trails it; on a shared line
+            # trailing bytes mean a unit talking out of turn or a broken frame: not trusted.
+            data = (count + 7) // 8 if table in ("coil", "discrete") else 2 * count
+            expected = 5 + data
+            if len(self._received) > expected:
+                raise ProtocolError(
+                    self._reason(
+                        unit,
+                        f"{what}: oversized frame "
+                        f"({len(self._received)} bytes, {expected} expected)",
+                    )
+                )
         if table in ("coil", "discrete"):
             bits = list(rr.bits)
             if len(bits) < count:
@@ -306,9 +322,14 @@ class ModbusLink:
             return UnitSilent(
                 self._reason(unit, f"{what}: no reply within {self.request_timeout:g} s")
             )
-        # The unit id is the first byte of an RTU frame, byte 6 of a TCP one (after MBAP).
-        at = 6 if isinstance(self.params, TcpParams) else 0
-        other = got[at] if len(got) > at else None
+        # The unit id is the first byte of an RTU frame (trusted only when its CRC checks), byte
+        # 6 of a TCP one (when the MBAP header's protocol id is 0).
+        if isinstance(self.params, TcpParams):
+            other = got[6] if len(got) > 7 and got[2:4] == b"\0\0" else None
+        elif len(got) >= 4 and FramerRTU.check_CRC(got[:-2], got[-2] << 8 | got[-1]):
+            other = got[0]
+        else:
+            other = None
         if other is not None and other != unit:
             return ProtocolError(self._reason(unit, f"{what}: the reply came from unit {other}"))
         if "device id" in str(exc):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .clock import SimClock
+from .modbus_server import ModbusFace
 from .nut_server import NutServer, NutUser
 from .scenario import AppliedStep, Scenario, ScenarioRunner, apply_action, load_scenario
 from .site import SimulatedSite
@@ -37,6 +38,11 @@ class SimulatorOptions:
     host: str = "127.0.0.1"
     #: TCP port of the NUT face; 0 = any free port; None = no NUT face.
     nut_port: int | None = 0
+    #: TCP port of the Modbus face (genset unit 10, ATS unit 11); 0 = any free port; None = none.
+    modbus_port: int | None = None
+    #: Modbus RTU on a pty the simulator creates (path in `info.extra["modbus_rtu"]`); a string
+    #: also puts a symlink to the pty at that path.
+    modbus_rtu: bool | str = False
     #: UDP port of the SNMP face (all agents, chosen by community); 0 = any free; None = none.
     snmp_port: int | None = None
     #: Where the SNMP face sends its v2c traps: (host, port) pairs.
@@ -99,6 +105,9 @@ class RunningSimulator:
         self.nut: NutServer | None = None
         if opts.nut_port is not None:
             self.nut = NutServer(self.site, opts.host, opts.nut_port, opts.users)
+        self.modbus: ModbusFace | None = None
+        if opts.modbus_port is not None or opts.modbus_rtu:
+            self.modbus = ModbusFace(self.site, opts.host, opts.modbus_port, opts.modbus_rtu)
         self.snmp: SnmpAgentFace | None = None
         if opts.snmp_port is not None:
             self.snmp = SnmpAgentFace(
@@ -117,6 +126,8 @@ class RunningSimulator:
     async def start(self) -> None:
         if self.nut:
             await self.nut.start()
+        if self.modbus:
+            await self.modbus.start()
         if self.snmp:
             await self.snmp.start()
         # Simulated time starts now, once the faces listen: t=0 of the scenario is "ready".
@@ -133,6 +144,8 @@ class RunningSimulator:
             self._ticker = None
         if self.nut:
             await self.nut.stop()
+        if self.modbus:
+            await self.modbus.stop()
         if self.snmp:
             await self.snmp.stop()
 
@@ -174,12 +187,16 @@ class RunningSimulator:
             raise RuntimeError("this simulator serves no NUT face (nut_port=None)")
         return self.nut.port
 
+    def _modbus_ports(self) -> dict[str, int]:
+        return {"modbus": self.modbus.tcp_port} if self.modbus and self.modbus.tcp_port else {}
+
     @property
     def info(self) -> SimulatorInfo:
         return SimulatorInfo(
             host=self.options.host,
             ports={
                 **({"nut": self.nut.port} if self.nut else {}),
+                **self._modbus_ports(),
                 **({"snmp": self.snmp.port} if self.snmp else {}),
             },
             site=self.site.name,
@@ -187,6 +204,7 @@ class RunningSimulator:
             scenario=self.scenario.name if self.scenario else None,
             speed=self.clock.speed,
             duration=self.scenario.duration if self.scenario else None,
+            extra={"modbus_rtu": self.modbus.rtu_path} if self.modbus else {},
         )
 
     def sync(self) -> None:

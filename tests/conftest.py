@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.nut",
     "tests.fixtures.mosquitto",
     "tests.fixtures.simulator",
+    "tests.fixtures.modbus",
 ]
