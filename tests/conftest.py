@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.mosquitto",
     "tests.fixtures.simulator",
     "tests.fixtures.modbus",
+    "tests.fixtures.snmp",
 ]
