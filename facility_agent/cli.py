@@ -144,6 +144,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     code: int = args.func(args)
     return code
+    p.add_argument(
+        "--modbus-port", type=int, default=5020, help="Modbus TCP port (genset unit 10, ATS 11)"
+    )
+    p.add_argument(
+        "--modbus-rtu",
+        default="pty",
+        help="Modbus RTU: 'pty' (a new pseudo-terminal, path printed), a path for a symlink to "
+        "it, or 'off'",
+    )
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ def simulate(args: argparse.Namespace) -> int:
         speed=args.speed,
         host=args.host,
         nut_port=args.nut_port,
+        modbus_port=args.modbus_port,
+        modbus_rtu={"pty": True, "off": False}.get(args.modbus_rtu, args.modbus_rtu),
         stop_at_scenario_end=args.exit_after_scenario,
     )
 
@@ -31,6 +33,9 @@ def simulate(args: argparse.Namespace) -> int:
         if info.nut_port:
             names = " ".join(f"{u}@{info.host}:{info.nut_port}" for u in info.ups)
             print(f"try: upsc {names.split()[0]}   (UPS: {names})", flush=True)
+        if info.extra.get("modbus_rtu"):
+            tty = info.extra["modbus_rtu"]
+            print(f"Modbus RTU on {tty}: mbpoll -m rtu -b 9600 -P none -a 10 -0 -r 1024 {tty}")
         if info.scenario:
             print(f"scenario {info.scenario!r} at x{info.speed:g}", flush=True)
 
