@@ -124,6 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--nut-port", type=int, default=3493, help="NUT (upsd) port; 0 = any free")
     p.add_argument(
+        "--modbus-port", type=int, default=5020, help="Modbus TCP port (genset unit 10, ATS 11)"
+    )
+    p.add_argument(
+        "--modbus-rtu",
+        default="pty",
+        help="Modbus RTU: 'pty' (a new pseudo-terminal, path printed), a path for a symlink to "
+        "it, or 'off'",
+    )
+    p.add_argument(
         "--exit-after-scenario", action="store_true", help="stop when the scenario has ended"
     )
     p.set_defaults(func=cmd_simulate)
@@ -144,15 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_level)
     code: int = args.func(args)
     return code
-    p.add_argument(
-        "--modbus-port", type=int, default=5020, help="Modbus TCP port (genset unit 10, ATS 11)"
-    )
-    p.add_argument(
-        "--modbus-rtu",
-        default="pty",
-        help="Modbus RTU: 'pty' (a new pseudo-terminal, path printed), a path for a symlink to "
-        "it, or 'off'",
-    )
 
 
 if __name__ == "__main__":
