@@ -39,15 +39,10 @@ _SITE_ALERT_FLAGS = frozenset({"OB", "LB", "FSD", "INPUT_LOST", "FEED_LOST", "RE
 
 
 def default_sinks(config: SiteConfig) -> list[Sink]:
-    sinks: list[Sink] = []
-    if config.mqtt is not None:
-        from .sinks.mqtt import MqttSink
+    """MQTT, InfluxDB, chat alerts and /metrics over one durable outbox (outputs.py)."""
+    from .outputs import build_outputs
 
-        sinks.append(MqttSink(config.mqtt, config.site))
-    for section in ("influxdb", "prometheus", "notify"):
-        if getattr(config, section) is not None:
-            log.warning("the %r section is accepted but not acted on by this version", section)
-    return sinks
+    return build_outputs(config)
 
 
 class Agent:

@@ -23,6 +23,13 @@ the queue in its original order and is re-sent, after `online`, once connected a
 acknowledged by the broker whose PUBACK was lost is sent again: QoS1 is at-least-once, and events
 keep their `id` (the payload bytes are built once) so consumers can drop duplicates.
 
+With an outbox (the default in the agent, facility_agent/outbox.py) the in-memory queue becomes a
+window onto the file: every message is written there first and handed to this queue only once
+committed; a PUBACK deletes it from the file. While the broker is away the queue holds at most
+the outbox window, the rest waits on disk and streams in, in order, once the broker is back, also
+after a restart of the agent. `queue_limit` then does not apply (the outbox's bounds do).
+Without an outbox (`outbox: {enabled: false}`), the queue is bounded by `queue_limit` as before.
+
 Threading: paho's callbacks only hand over to the event loop (`call_soon_threadsafe`); the queue
 and counters are touched on the event loop thread alone, so no lock is needed, and there is no
 lock to deadlock against paho's own mutexes (paho calls `on_publish` holding its
@@ -51,6 +58,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from ..config import MqttConfig
 from ..model import DeviceState, Event
+from ..outbox import Channel, Outbox, Row
+from .homeassistant import discovery_messages
 
 log = logging.getLogger(__name__)
 #: paho's own log: it reports every lost connection at ERROR, next to our own clearer warning,
@@ -78,13 +87,24 @@ class _Message:
     retain: bool
     #: `online`/`offline`: not counted in stats and never re-queued (a fresh one is sent).
     control: bool = False
+    #: The outbox row this message came from (acknowledged there on PUBACK).
+    seq: int | None = None
+
+
+#: Outbox row kinds that are published retained.
+_RETAINED_KINDS = frozenset({"state", "discovery"})
 
 
 class MqttSink:
     """Publishes device states and events to one MQTT broker, surviving its outages."""
 
-    def __init__(self, config: MqttConfig, site: str) -> None:
+    name = "mqtt"
+
+    def __init__(self, config: MqttConfig, site: str, outbox: Outbox | None = None) -> None:
         self.config = config
+        self.outbox = outbox
+        self._channel: Channel | None = None
+        self._announced: set[str] = set()
         self.site = site
         self.prefix = f"{config.prefix}/{site}"
         self.status_topic = f"{self.prefix}/agent/status"
@@ -115,17 +135,32 @@ class MqttSink:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._stopping = False
+        if self.outbox is not None:
+            self._channel = self.outbox.channel("mqtt", self._take_rows)
+            await self.outbox.open()
         self._start_client()
         self._watchdog = asyncio.create_task(self._watch(), name="mqtt-sink-watchdog")
 
     def publish_state(self, state: DeviceState) -> None:
         """Queue the device's state (retained, QoS1); never blocks."""
+        ha = self.config.homeassistant
+        if ha.enabled:
+            for topic, config in discovery_messages(
+                state,
+                site=self.site,
+                mqtt_prefix=self.config.prefix,
+                ha_prefix=ha.prefix,
+                known=self._announced,
+            ):
+                self._submit(_Message(topic, config, retain=True), "discovery", None)
         payload = orjson.dumps(state.payload(self.site))
-        self._submit(_Message(f"{self.prefix}/{state.device}/state", payload, retain=True))
+        topic = f"{self.prefix}/{state.device}/state"
+        self._submit(_Message(topic, payload, retain=True), "state", state.ts.timestamp())
 
     def publish_event(self, event: Event) -> None:
         """Queue an event (not retained, QoS1); the payload, with its id, is built only once."""
-        self._submit(_Message(f"{self.prefix}/events", orjson.dumps(event.payload()), retain=False))
+        msg = _Message(f"{self.prefix}/events", orjson.dumps(event.payload()), retain=False)
+        self._submit(msg, "event", event.ts.timestamp())
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (until `timeout`), publish `offline` retained, disconnect.
@@ -136,6 +171,8 @@ class MqttSink:
         client = self._client
         if client is None or self._stopping:
             return
+        if self.outbox is not None:
+            await self.outbox.flush(min(timeout, 2.0))
         deadline = time.monotonic() + timeout
         await self.wait_idle(timeout)
         self._stopping = True
@@ -160,9 +197,19 @@ class MqttSink:
         client.drop_out_messages()
         self._requeue()
         left = len(self._queue)
+        if self._channel is not None and self.outbox is not None:
+            # What the queue held is in the outbox file: the next start delivers it.
+            left = self._channel.pending
+            self._channel.release(len(self._queue))
+            self._queue.clear()
+            await self.outbox.close()
+            self._channel = None
         if left:
             log.warning(
-                "MQTT sink stopped with %d message(s) not acknowledged by %s", left, self._where
+                "MQTT sink stopped with %d message(s) not acknowledged by %s%s",
+                left,
+                self._where,
+                " (kept in the outbox)" if self.outbox is not None else "",
             )
         log.info("MQTT sink for %s stopped", self.prefix)
 
@@ -172,7 +219,12 @@ class MqttSink:
 
     def stats(self) -> dict[str, int]:
         in_flight = sum(1 for m in self._in_flight.values() if not m.control)
-        return {"queued": len(self._queue), "in_flight": in_flight, **self._counts}
+        queued = len(self._queue)
+        if self._channel is not None:
+            queued = max(0, self._channel.pending - in_flight)
+        elif self.outbox is not None:
+            queued = self.outbox._counts["mqtt"]
+        return {"queued": queued, "in_flight": in_flight, **self._counts}
 
     async def wait_idle(self, timeout: float) -> bool:
         """True once nothing is queued or in flight, False if `timeout` passes first."""
@@ -184,12 +236,27 @@ class MqttSink:
 
     # -- the queue (event loop thread only) -------------------------------------------------
 
-    def _submit(self, msg: _Message) -> None:
+    def _submit(self, msg: _Message, kind: str, created: float | None) -> None:
         loop = self._loop
         if loop is not None and threading.get_ident() != self._loop_thread:
-            loop.call_soon_threadsafe(self._enqueue, msg)
+            loop.call_soon_threadsafe(self._store, msg, kind, created)
         else:
+            self._store(msg, kind, created)
+
+    def _store(self, msg: _Message, kind: str, created: float | None) -> None:
+        """Into the outbox when there is one (handed back by `_take_rows` once written)."""
+        if self.outbox is None:
             self._enqueue(msg)
+            return
+        self._idle.clear()
+        self.outbox.put("mqtt", kind, msg.topic, msg.payload, created)
+
+    def _take_rows(self, rows: list[Row]) -> None:
+        for row in rows:
+            retain = row.kind in _RETAINED_KINDS
+            self._queue.append(_Message(row.key, row.payload, retain, seq=row.seq))
+        self._idle.clear()
+        self._pump()
 
     def _enqueue(self, msg: _Message) -> None:
         self._queue.append(msg)
@@ -198,7 +265,9 @@ class MqttSink:
         self._pump()
 
     def _trim(self) -> None:
-        """Past `queue_limit`, drop the oldest; one warning per outage."""
+        """Past `queue_limit`, drop the oldest; one warning per outage (memory-only mode)."""
+        if self.outbox is not None:
+            return
         excess = len(self._queue) - self.config.queue_limit
         if excess <= 0:
             return
@@ -250,7 +319,8 @@ class MqttSink:
         self._check_idle()
 
     def _check_idle(self) -> None:
-        if self._queue or any(not m.control for m in self._in_flight.values()):
+        stored = self._channel.pending if self._channel is not None else 0
+        if stored or self._queue or any(not m.control for m in self._in_flight.values()):
             self._idle.clear()
         else:
             self._idle.set()
@@ -304,6 +374,9 @@ class MqttSink:
         msg = self._in_flight.pop(mid, None)
         if msg is None:
             return
+        if msg.seq is not None and self._channel is not None:
+            # Refused messages too: the broker said no (an ACL), sending it again cannot help.
+            self._channel.ack(msg.seq)
         if msg.control:
             if msg.payload == b"offline" and self._status_acked and not self._status_acked.done():
                 self._status_acked.set_result(None)

@@ -1,0 +1,300 @@
+"""Prometheus exposition: `/metrics` (every device metric as a gauge, comm, status flags, the
+agent's own counters) and `/healthz` for the site box's supervisor.
+
+A pull output, so no outbox: Prometheus scrapes what is current. prometheus-client renders the
+text format; its collector reads a snapshot of the latest states, which the event loop replaces
+whole (a dict assignment), so the HTTP thread never sees a half-updated device.
+
+Names: a metric `battery.charge` becomes `facility_battery_charge{site,device,driver}`; a text
+metric (`ups.model`) becomes `facility_info{site,device,name="ups.model",value="..."} 1`; flags
+are `facility_status{site,device,flag="OB"} 1`; comm is `facility_comm_ok` (1 or 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socketserver
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import orjson
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ..model import DeviceState, Event
+from ..outbox import Outbox
+from ..output_config import PrometheusConfig
+
+log = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+#: Sink statistics that only ever grow (exposed as counters, the rest as gauges).
+COUNTER_STATS = frozenset(
+    {"sent", "dropped", "connects", "disconnects", "failed", "set_aside", "retries", "written"}
+)
+
+StartResponse = Callable[..., Any]
+
+
+def metric_name(name: str) -> str:
+    """`battery.charge` -> `facility_battery_charge`."""
+    return "facility_" + _UNSAFE.sub("_", name).strip("_")
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("prometheus http: " + format, *args)
+
+
+class PrometheusSink:
+    """Serves `/metrics` and `/healthz`; fed by the agent like any other output."""
+
+    name = "prometheus"
+
+    def __init__(
+        self,
+        config: PrometheusConfig,
+        site: str,
+        *,
+        sinks: Iterable[Any] = (),
+        outbox: Outbox | None = None,
+    ) -> None:
+        self.config = config
+        self.site = site
+        self.sinks = list(sinks)
+        self.outbox = outbox
+        self._states: dict[str, DeviceState] = {}
+        self._events: Counter[tuple[str, str]] = Counter()
+        self._tick = time.monotonic()
+        self._started = time.time()
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_SiteCollector(self))
+        self._metrics_app = make_wsgi_app(self.registry)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with `listen: 127.0.0.1:0`)."""
+        assert self._server is not None
+        return int(self._server.server_port)
+
+    async def start(self) -> None:
+        if self._server is not None:
+            return
+        try:
+            server = make_server(
+                self.config.host,
+                self.config.port,
+                self._app,
+                server_class=_Server,
+                handler_class=_QuietHandler,
+            )
+        except OSError as exc:
+            raise OSError(f"prometheus: cannot listen on {self.config.listen}: {exc}") from None
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="prometheus-http", daemon=True
+        )
+        self._thread.start()
+        self._ticker = asyncio.create_task(self._tick_loop(), name="prometheus-tick")
+        log.info("serving /metrics and /healthz on %s:%d", self.config.host, self.port)
+
+    def publish_state(self, state: DeviceState) -> None:
+        states = dict(self._states)
+        states[state.device] = state
+        self._states = states
+
+    def publish_event(self, event: Event) -> None:
+        self._events[(event.type, str(event.severity))] += 1
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        server, self._server = self._server, None
+        if server is not None:
+            await asyncio.to_thread(server.shutdown)
+            server.server_close()
+
+    def stats(self) -> dict[str, int]:
+        return {"devices": len(self._states)}
+
+    async def _tick_loop(self) -> None:
+        """Proof of life for `/healthz`: a stuck event loop stops this."""
+        while True:
+            self._tick = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        lag = time.monotonic() - self._tick
+        outputs: dict[str, Any] = {}
+        for sink in self.sinks:
+            entry: dict[str, Any] = {}
+            if hasattr(sink, "connected"):
+                entry["connected"] = bool(sink.connected)
+            if hasattr(sink, "stats"):
+                entry.update(sink.stats())
+            outputs[getattr(sink, "name", type(sink).__name__)] = entry
+        body: dict[str, Any] = {
+            "status": "ok" if lag < self.config.stall_after else "stalled",
+            "site": self.site,
+            "loop_lag_s": round(lag, 3),
+            "devices": len(self._states),
+            "outputs": outputs,
+        }
+        if self.outbox is not None:
+            body["outbox"] = {
+                "rows": sum(self.outbox.stats()["rows"].values()),
+                "write_errors": sum(self.outbox.errors.values()),
+            }
+        return lag < self.config.stall_after, body
+
+    def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            ok, body = self.health()
+            status = "200 OK" if ok else "503 Service Unavailable"
+            payload = orjson.dumps(body)
+            start_response(status, [("Content-Type", "application/json")])
+            return [payload]
+        if path in ("/metrics", "/"):
+            result: Iterable[bytes] = self._metrics_app(environ, start_response)
+            return result
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics or /healthz\n"]
+
+
+class _SiteCollector(Collector):
+    def __init__(self, sink: PrometheusSink) -> None:
+        self.sink = sink
+
+    def collect(self) -> Iterator[Metric]:
+        sink = self.sink
+        site = sink.site
+        states = sink._states  # one snapshot: the loop replaces the dict, never mutates it
+        labels = ["site", "device", "driver"]
+        families: dict[str, GaugeMetricFamily] = {}
+        comm = GaugeMetricFamily(
+            "facility_comm_ok", "1 while the device answers polls", None, labels
+        )
+        flags = GaugeMetricFamily(
+            "facility_status",
+            "Status flags the device reports (NUT's for power devices)",
+            None,
+            [*labels, "flag"],
+        )
+        info = GaugeMetricFamily(
+            "facility_info",
+            "Text metrics of a device (ups.model ...)",
+            None,
+            [*labels, "name", "value"],
+        )
+        updated = GaugeMetricFamily(
+            "facility_state_timestamp_seconds",
+            "When the device's state was last read",
+            None,
+            labels,
+        )
+        for state in states.values():
+            lv = [site, state.device, state.driver]
+            comm.add_metric(lv, 1.0 if state.comm == "ok" else 0.0)
+            updated.add_metric(lv, state.ts.timestamp())
+            for flag in state.status:
+                flags.add_metric([*lv, flag], 1.0)
+            for name, value in state.metrics.items():
+                if isinstance(value, str):
+                    info.add_metric([*lv, name, value], 1.0)
+                    continue
+                fam_name = metric_name(name)
+                fam = families.get(fam_name)
+                if fam is None:
+                    fam = families[fam_name] = GaugeMetricFamily(
+                        fam_name, f"{name} as the device reports it", None, labels
+                    )
+                fam.add_metric(lv, float(value))
+        yield comm
+        yield flags
+        yield info
+        yield updated
+        yield from families.values()
+        yield from self._agent_metrics()
+
+    def _agent_metrics(self) -> Iterator[Metric]:
+        sink = self.sink
+        up = GaugeMetricFamily("facility_agent_up", "1 while the agent runs", None, ["site"])
+        up.add_metric([sink.site], 1.0)
+        yield up
+        start = GaugeMetricFamily(
+            "facility_agent_start_time_seconds", "When the agent started", None, ["site"]
+        )
+        start.add_metric([sink.site], sink._started)
+        yield start
+        events = CounterMetricFamily(
+            "facility_agent_events",
+            "Events raised since start",
+            labels=["site", "type", "severity"],
+        )
+        for (etype, severity), n in sorted(sink._events.items()):
+            events.add_metric([sink.site, etype, severity], float(n))
+        yield events
+        per_stat: dict[str, list[tuple[str, float]]] = {}
+        for other in sink.sinks:
+            stats = getattr(other, "stats", None)
+            if stats is None:
+                continue
+            name = getattr(other, "name", type(other).__name__.lower())
+            for key, value in stats().items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    per_stat.setdefault(key, []).append((name, float(value)))
+            if hasattr(other, "connected"):
+                per_stat.setdefault("connected", []).append((name, float(bool(other.connected))))
+        for key, values in sorted(per_stat.items()):
+            fam_name = f"facility_agent_output_{_UNSAFE.sub('_', key)}"
+            family: Metric
+            if key in COUNTER_STATS:
+                family = CounterMetricFamily(fam_name, f"Output statistic {key}", labels=["output"])
+            else:
+                family = GaugeMetricFamily(fam_name, f"Output statistic {key}", None, ["output"])
+            for output, value in values:
+                family.add_metric([output], value)
+            yield family
+        if sink.outbox is not None:
+            stats = sink.outbox.stats()
+            rows = GaugeMetricFamily(
+                "facility_agent_outbox_rows", "Messages waiting in the outbox", None, ["output"]
+            )
+            for output, n in sorted(stats["rows"].items()):
+                rows.add_metric([output], float(n))
+            yield rows
+            dropped = CounterMetricFamily(
+                "facility_agent_outbox_dropped",
+                "Messages the outbox bounds dropped (or set aside as undeliverable)",
+                labels=["output", "reason"],
+            )
+            for (output, reason), n in sorted(sink.outbox.dropped.items()):
+                dropped.add_metric([output, reason], float(n))
+            yield dropped
+            errors = CounterMetricFamily(
+                "facility_agent_outbox_errors", "Failed outbox writes or reads", labels=["kind"]
+            )
+            for kind, n in sorted(sink.outbox.errors.items()):
+                errors.add_metric([kind], float(n))
+            yield errors
+            size = GaugeMetricFamily("facility_agent_outbox_bytes", "Bytes used by the outbox")
+            size.add_metric([], float(stats["bytes"]))
+            yield size
