@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from typing import Any
 
@@ -282,7 +283,12 @@ def main() -> int:
         "",
     ]
     DOC.parent.mkdir(exist_ok=True)
-    DOC.write_text("\n".join(lines))
+    # Sections other benchmarks write between `<!-- name:start -->` / `<!-- name:end -->`
+    # markers (bench/modbus_rtu.py ...) are kept, after the NUT part.
+    old = DOC.read_text() if DOC.exists() else ""
+    marked = r"(?s)<!-- ([a-z0-9_-]+):start -->.*?<!-- \1:end -->"
+    kept = [m.group(0) for m in re.finditer(marked, old)]
+    DOC.write_text("\n".join(lines) + "".join(f"\n{k}\n" for k in kept))
     print(f"written {DOC}")
     return 0
 

@@ -385,6 +385,10 @@ class ModbusFace:
         default_factory=lambda: {10: "genset", 11: "ats"}
     )
     on_request: Callable[[int, bytes], None] | None = None
+    #: Emulate a serial line of this speed (8N1) on the pty, which has none of its own: each
+    #: reply leaves after the wire time of its request and of itself plus two 3.5-character
+    #: gaps. None = as fast as the pty goes.
+    baudrate: int | None = None
 
     def __post_init__(self) -> None:
         self.unit: dict[int, Unit] = {}
@@ -493,9 +497,17 @@ class ModbusFace:
             if unit is None or unit.fault == "dead" or uid == 0:
                 continue
             reply = faulty_rtu_reply(uid, handle_pdu(unit, pdu), unit.fault)
-            if self._master is not None:
-                with contextlib.suppress(OSError):
-                    os.write(self._master, reply)
+            if self.baudrate:
+                chars = len(frame) + len(reply) + 7  # two 3.5-character silences
+                delay = chars * 10 / self.baudrate
+                asyncio.get_running_loop().call_later(delay, self._send_rtu, reply)
+            else:
+                self._send_rtu(reply)
+
+    def _send_rtu(self, reply: bytes) -> None:
+        if self._master is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._master, reply)
 
     # ---- TCP ----------------------------------------------------------------------------
 
