@@ -131,17 +131,28 @@ class TrapListener:
     async def start(self) -> None:
         """Resolve device addresses and bind; raises OSError when the port cannot be bound."""
         self._by_ip = await self._resolve()
-        from pysnmp.carrier.asyncio.dgram import udp
+        from pysnmp.carrier.asyncio.dgram import udp, udp6
         from pysnmp.entity import config as ecfg
         from pysnmp.entity import engine
         from pysnmp.entity.rfc3413 import ntfrcv
         from pysnmp.hlapi.v3arch import asyncio as h
 
         host, port = self.config.address
+        # Bind here, not in pysnmp: it binds later in a task, where a refused port (162
+        # without privilege, or in use) would only be logged, never raised to the caller.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self.port = int(sock.getsockname()[1])
         eng = engine.SnmpEngine()
-        transport = udp.UdpTransport().open_server_mode((host, port))
-        ecfg.add_transport(eng, udp.DOMAIN_NAME, transport)
-        self.port = int(transport.socket.getsockname()[1]) if port == 0 else port
+        module = udp6 if family == socket.AF_INET6 else udp
+        transport = module.Udp6Transport() if module is udp6 else udp.UdpTransport()
+        ecfg.add_transport(eng, module.DOMAIN_NAME, transport.open_server_mode(sock=sock))
         ecfg.add_v1_system(eng, "facility-traps", self.config.community.get_secret_value())
         for user in self.config.users:
             kw: dict[str, Any] = {}
