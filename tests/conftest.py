@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.modbus",
     "tests.fixtures.snmp",
+    "tests.fixtures.outputs",
 ]

@@ -84,7 +84,7 @@ async def test_a_backlog_streams_in_windows_in_order(tmp_path: Path) -> None:
     assert box.stats()["rows"]["influx"] == 3000
     seen = 0
     while seen < 3000:
-        await until(lambda: len(taker.rows) > seen, what=f"more than {seen} rows")
+        await until(lambda n=seen: len(taker.rows) > n, what=f"more than {seen} rows")
         assert taker.channel is not None
         for row in taker.rows[seen:]:
             taker.channel.ack(row.seq)
@@ -112,9 +112,7 @@ async def test_outputs_are_independent(tmp_path: Path) -> None:
     await box.close()
 
 
-async def test_age_bound_drops_and_counts(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_age_bound_drops_and_counts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     box = Outbox(tmp_path / "o.sqlite", max_age=60)
     await box.open()
     for n in range(10):
