@@ -133,6 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
         "it, or 'off'",
     )
     p.add_argument(
+        "--snmp-port",
+        type=int,
+        default=1161,
+        help="SNMP UDP port of every simulated agent (community = equipment name); 0 = any free",
+    )
+    p.add_argument(
+        "--snmp-trap-target",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="send the SNMP agents' traps there (repeatable)",
+    )
+    p.add_argument(
+        "--snmp-pdu-outlets", type=int, default=24, help="outlets per simulated PDU over SNMP"
+    )
+    p.add_argument(
         "--exit-after-scenario", action="store_true", help="stop when the scenario has ended"
     )
     p.set_defaults(func=cmd_simulate)

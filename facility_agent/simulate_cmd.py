@@ -11,6 +11,13 @@ import sys
 log = logging.getLogger(__name__)
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"facility-agent simulate: {text!r} is not HOST:PORT")
+    return host, int(port)
+
+
 def simulate(args: argparse.Namespace) -> int:
     from .simulators.scenario import ScenarioError
     from .simulators.serve import SimulatorInfo, SimulatorOptions, run_simulator
@@ -24,6 +31,9 @@ def simulate(args: argparse.Namespace) -> int:
         nut_port=args.nut_port,
         modbus_port=args.modbus_port,
         modbus_rtu={"pty": True, "off": False}.get(args.modbus_rtu, args.modbus_rtu),
+        snmp_port=args.snmp_port,
+        snmp_trap_targets=[_host_port(t) for t in args.snmp_trap_target],
+        snmp_pdu_outlets=args.snmp_pdu_outlets,
         stop_at_scenario_end=args.exit_after_scenario,
     )
 
@@ -36,6 +46,12 @@ def simulate(args: argparse.Namespace) -> int:
         if info.extra.get("modbus_rtu"):
             tty = info.extra["modbus_rtu"]
             print(f"Modbus RTU on {tty}: mbpoll -m rtu -b 9600 -P none -a 10 -0 -r 1024 {tty}")
+        if "snmp" in info.ports:
+            print(
+                f"try: snmpwalk -v2c -c ups-a -On {info.host}:{info.ports['snmp']} "
+                ".1.3.6.1.2.1.33   (communities: ups-*, pdu-*, ats-1, switch)",
+                flush=True,
+            )
         if info.scenario:
             print(f"scenario {info.scenario!r} at x{info.speed:g}", flush=True)
 
