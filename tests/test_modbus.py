@@ -280,7 +280,8 @@ async def test_a_dead_unit_does_not_slow_the_live_one(modbus_sim: RunningSimulat
     assert all(isinstance(o, PollOk) for _, o in good), [o for _, o in good]
     # 8 polls in 4 s at 0.5 s; allow for a busy machine, but not for a stall per dead timeout.
     assert len(good) >= 6, len(good)
-    assert max(o.duration for _, o in good if isinstance(o, PollOk)) < 0.5
+    # Within the poll deadline (0.5 s + the poller's grace): never cut off by a dead timeout.
+    assert max(o.duration for _, o in good if isinstance(o, PollOk)) < 0.65
     lost = [o for _, o in outcomes["ats-1"] if isinstance(o, PollFailed)]
     assert lost and lost[-1].lost and isinstance(lost[-1].error, DeviceTimeout)
     assert "unit 11" in lost[-1].error.reason and "no reply" in lost[-1].error.reason
