@@ -1,0 +1,419 @@
+"""The IPMI face of the simulated site: one BMC per simulated server, each on its own UDP port.
+
+Each BMC is a `pyghmi.ipmi.bmc.Bmc` (RMCP+ session, cipher suite 3) answering from the one
+physical model: chassis status and control (soft off runs the model's OS shutdown, so the
+server's load leaves its UPS only after `os_shutdown_s`), an SDR repository with temperature,
+fan, 12 V, system power and one status sensor per PSU (presence, failure, AC lost: PSU 1 loses
+its input when its PDU feed goes), and an SEL that logs PSU failures and AC loss as they happen.
+A server with no live PSU has no standby power: its BMC stops answering.
+
+pyghmi's server does its I/O on one global thread; requests are handled on a thread of ours
+that runs pyghmi's loop. Handlers only read the model (plain attributes, under the GIL); power
+commands are handed to the event loop that owns the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .site import Server, SimulatedSite
+
+log = logging.getLogger(__name__)
+
+#: Users of every simulated BMC (user name -> password), administrator privilege.
+DEFAULT_USERS: dict[str, str] = {"admin": "adminpass", "operator": "operpass"}
+
+# Sensor numbers and the SDR (IPMI 2.0 tables 43-1, 43-2, 43-15 and 42-3).
+TEMP_INLET, TEMP_CPU, FAN1, VOLT12, SYS_POWER, PSU1, PSU2, OEM_SENSOR = 1, 2, 3, 4, 5, 6, 7, 0x30
+_UNIT_DEGC, _UNIT_VOLTS, _UNIT_WATTS, _UNIT_RPM = 1, 4, 6, 18
+
+
+def _id_string(name: str) -> bytes:
+    raw = name.encode("ascii")[:16]
+    return bytes([0xC0 | len(raw)]) + raw
+
+
+def full_sdr(num: int, name: str, stype: int, unit: int, m: int, r_exp: int, entity: int) -> bytes:
+    """A type-01 record of a linear, unsigned threshold sensor: value = m x raw x 10^r_exp."""
+    body = bytes([0x20, 0x00, num, entity, 1, 0x7F, 0x68, stype, 0x01])
+    body += struct.pack("<HHH", 0, 0, 0)  # no threshold events, none readable
+    body += bytes([0x00, unit, 0x00, 0x00])  # unsigned, base unit, no modifier, linear
+    body += bytes([m & 0xFF, ((m >> 8) & 0x03) << 6, 0, 0, 0x01, (r_exp & 0x0F) << 4, 0])
+    body += bytes([0, 0, 0, 0xFF, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+    return body + _id_string(name)
+
+
+def compact_psu_sdr(num: int, instance: int) -> bytes:
+    """A type-02 record of a sensor-specific Power Supply sensor (presence, failure, AC lost)."""
+    mask = 0b1011
+    body = bytes([0x20, 0x00, num, 0x0A, instance, 0x7F, 0x40, 0x08, 0x6F])
+    body += struct.pack("<HHH", mask, mask, mask)
+    body += bytes([0xC0, 0, 0, 0x01, 0x00, 0, 0, 0, 0, 0, 0])
+    return body + _id_string(f"PSU{instance} Status")
+
+
+def oem_sdr(num: int) -> bytes:
+    """A compact record of an OEM sensor type (0xC0) no generic tool knows."""
+    body = bytes([0x20, 0x00, num, 0x07, 1, 0x7F, 0x40, 0xC0, 0x70])
+    body += struct.pack("<HHH", 0x3, 0x3, 0x3)
+    body += bytes([0xC0, 0, 0, 0x01, 0x00, 0, 0, 0, 0, 0, 0])
+    return body + _id_string("OEM Widget")
+
+
+def _record(record_id: int, rtype: int, body: bytes) -> bytes:
+    return struct.pack("<HBBB", record_id, 0x51, rtype, len(body)) + body
+
+
+@dataclass
+class BmcFaults:
+    """Misbehaviour a test can switch on for one BMC."""
+
+    #: Seconds to sleep before each reply (a busy BMC).
+    delay: float = 0.0
+    #: Add a sensor of an OEM type no tool knows.
+    oem_sensor: bool = False
+    #: Cut every SDR record short (a malformed repository).
+    malformed_sdr: bool = False
+
+
+@dataclass
+class _SelEntry:
+    record: bytes
+
+
+@dataclass
+class _BmcState:
+    """What one BMC remembers between requests: its SEL and the PSU bits it last saw."""
+
+    sel: list[_SelEntry] = field(default_factory=list)
+    last_add: int = 0
+    psu_bits: list[int] = field(default_factory=list)
+    next_id: int = 1
+
+
+def _psu_bits(server: Server, index: int) -> int:
+    bits = 0x01  # present
+    if server.psu_failed[index]:
+        bits |= 0x02
+    elif not server.psu_live[index]:
+        bits |= 0x08
+    return bits
+
+
+def _make_bmc_class() -> type[Any]:
+    """pyghmi's Bmc with our handlers; built on first use so importing needs no pyghmi."""
+    from pyghmi.ipmi import bmc as pbmc
+    from pyghmi.ipmi.private import serversession
+
+    _patch_cipher(serversession)
+
+    class SiteBmc(pbmc.Bmc):  # type: ignore[misc]
+        def __init__(self, face: IpmiFace, server: Server, port: int) -> None:
+            super().__init__(dict(face.users), port=port, address=face.host)
+            self.port = self.serversocket.getsockname()[1]
+            serversession.ipmisession.Session.bmc_handlers[self.serversocket] = {0: self}
+            self.face = face
+            self.server = server
+            self.npsu = min(2, len(server.psu_live))
+            self.state = _BmcState(psu_bits=[_psu_bits(server, i) for i in range(self.npsu)])
+            self.faults = BmcFaults()
+            self.additionaldevices = 0x07  # sensor, SDR repository and SEL device
+            self.mfgid, self.prodid, self.deviceid = 0xB1F, 0x0001, 0x20
+            self.lock = threading.Lock()
+
+        # ---- availability -------------------------------------------------------------
+
+        @property
+        def standby(self) -> bool:
+            return any(self.server.psu_live)
+
+        def sessionless_data(self, data: Any, sockaddr: Any) -> None:
+            if self.standby:
+                super().sessionless_data(data, sockaddr)
+
+        # ---- chassis ------------------------------------------------------------------
+
+        def get_power_state(self) -> str:
+            return "on" if self.server.powered else "off"
+
+        def _model(self, fn: Any) -> int:
+            self.face.call_in_loop(fn)
+            return 0
+
+        def power_off(self) -> int:
+            return self._model(self.server.power_off)
+
+        def power_on(self) -> int:
+            return self._model(self.server.power_on)
+
+        def power_shutdown(self) -> int:
+            return self._model(self.server.shutdown)
+
+        def power_cycle(self) -> int:
+            def cycle() -> None:
+                self.server.power_off()
+                self.server.power_on()
+
+            return self._model(cycle)
+
+        def power_reset(self) -> int:
+            return self.power_cycle()
+
+        def get_system_guid(self) -> Any:
+            return self.uuid
+
+        # ---- SDR, sensors, SEL --------------------------------------------------------
+
+        def sdr_records(self) -> list[bytes]:
+            bodies = [
+                (0x01, full_sdr(TEMP_INLET, "Inlet Temp", 0x01, _UNIT_DEGC, 1, 0, 0x37)),
+                (0x01, full_sdr(TEMP_CPU, "CPU Temp", 0x01, _UNIT_DEGC, 1, 0, 0x03)),
+                (0x01, full_sdr(FAN1, "Fan1", 0x04, _UNIT_RPM, 100, 0, 0x1D)),
+                (0x01, full_sdr(VOLT12, "12V Rail", 0x02, _UNIT_VOLTS, 1, -1, 0x07)),
+                (0x01, full_sdr(SYS_POWER, "Sys Power", 0x0B, _UNIT_WATTS, 4, 0, 0x07)),
+                (0x02, compact_psu_sdr(PSU1, 1)),
+                (0x02, compact_psu_sdr(PSU2, 2)),
+            ]
+            if self.faults.oem_sensor:
+                bodies.append((0x02, oem_sdr(OEM_SENSOR)))
+            out = [_record(i + 1, t, b) for i, (t, b) in enumerate(bodies)]
+            if self.faults.malformed_sdr:
+                out = [r[:9] for r in out]
+            return out
+
+        def reading(self, num: int) -> bytes | None:
+            s = self.server
+            on = s.powered
+            if num == TEMP_INLET:
+                return bytes([22, 0xC0, 0])
+            if num == TEMP_CPU:
+                return bytes([round(35 + s.power_w / 20) if on else 24, 0xC0, 0])
+            if num == FAN1:
+                return bytes([60 if on else 0, 0xC0, 0])
+            if num == VOLT12:
+                return bytes([120 if on else 0, 0xC0, 0])
+            if num == SYS_POWER:
+                return bytes([min(255, round(s.power_w / 4)), 0xC0, 0])
+            if num in (PSU1, PSU2) and num - PSU1 < self.npsu:
+                idx = num - PSU1
+                return bytes([0, 0xC0, _psu_bits(s, idx), 0x80])
+            if num == OEM_SENSOR and self.faults.oem_sensor:
+                return bytes([0, 0xC0, 0x01, 0x80])
+            return None
+
+        def observe(self) -> None:
+            """Log PSU changes in the SEL (assertions and deassertions of failure, AC lost)."""
+            with self.lock:
+                for idx in range(self.npsu):
+                    now = _psu_bits(self.server, idx)
+                    before = self.state.psu_bits[idx]
+                    for bit, offset in ((0x02, 1), (0x08, 3)):
+                        if (now ^ before) & bit:
+                            self._sel_add(PSU1 + idx, offset, assertion=bool(now & bit))
+                    self.state.psu_bits[idx] = now
+
+        def _sel_add(self, sensor: int, offset: int, assertion: bool) -> None:
+            st = self.state
+            ts = int(time.time())
+            rec = struct.pack("<HBI", st.next_id, 0x02, ts) + bytes(
+                [0x20, 0x00, 0x04, 0x08, sensor, (0 if assertion else 0x80) | 0x6F]
+            )
+            rec += bytes([offset, 0xFF, 0xFF])
+            st.sel.append(_SelEntry(rec))
+            st.next_id += 1
+            st.last_add = ts
+
+        def handle_raw_request(self, request: dict[str, Any], session: Any) -> None:
+            if not self.standby:
+                return  # no standby power, no BMC
+            if self.faults.delay:
+                time.sleep(self.faults.delay)
+            netfn, cmd, data = request["netfn"], request["command"], bytes(request["data"])
+            try:
+                if netfn == 0x0A:
+                    return self._storage(cmd, data, session)
+                if netfn == 0x04:
+                    return self._sensor(cmd, data, session)
+            except (IndexError, struct.error):
+                return session.send_ipmi_response(code=0xC7)  # request data length invalid
+            super().handle_raw_request(request, session)
+
+        def _storage(self, cmd: int, data: bytes, session: Any) -> None:
+            if cmd == 0x20:  # Get SDR Repository Info
+                n = len(self.sdr_records())
+                rsp = bytes([0x51]) + struct.pack("<HHII", n, 0xFFFF, 0, 0) + bytes([0x02])
+                return session.send_ipmi_response(data=list(rsp))
+            if cmd in (0x22, 0x42):  # Reserve SDR repository / SEL
+                return session.send_ipmi_response(data=[0x01, 0x00])
+            if cmd == 0x23:  # Get SDR
+                records = self.sdr_records()
+                rid, offset, count = struct.unpack_from("<H", data, 2)[0], data[4], data[5]
+                idx = 0 if rid == 0 else rid - 1
+                if idx >= len(records):
+                    return session.send_ipmi_response(code=0xCB)
+                nxt = idx + 2 if idx + 1 < len(records) else 0xFFFF
+                chunk = records[idx][offset : offset + (count if count != 0xFF else 255)]
+                return session.send_ipmi_response(data=list(struct.pack("<H", nxt) + chunk))
+            if cmd == 0x40:  # Get SEL Info
+                self.observe()
+                st = self.state
+                rsp = bytes([0x51]) + struct.pack("<HHII", len(st.sel), 0xFFFF, st.last_add, 0)
+                return session.send_ipmi_response(data=list(rsp + bytes([0x02])))
+            if cmd == 0x43:  # Get SEL Entry
+                self.observe()
+                with self.lock:
+                    sel = list(self.state.sel)
+                rid = struct.unpack_from("<H", data, 2)[0]
+                ids = [struct.unpack_from("<H", e.record, 0)[0] for e in sel]
+                if not sel:
+                    return session.send_ipmi_response(code=0xCB)
+                idx = 0 if rid == 0 else len(sel) - 1 if rid == 0xFFFF else None
+                if idx is None:
+                    if rid not in ids:
+                        return session.send_ipmi_response(code=0xCB)
+                    idx = ids.index(rid)
+                nxt = ids[idx + 1] if idx + 1 < len(sel) else 0xFFFF
+                return session.send_ipmi_response(
+                    data=list(struct.pack("<H", nxt) + sel[idx].record)
+                )
+            if cmd == 0x47:  # Clear SEL
+                with self.lock:
+                    self.state.sel.clear()
+                return session.send_ipmi_response(data=[0x01])
+            if cmd == 0x48:  # Get SEL Time
+                return session.send_ipmi_response(data=list(struct.pack("<I", int(time.time()))))
+            return session.send_ipmi_response(code=0xC1)
+
+        def _sensor(self, cmd: int, data: bytes, session: Any) -> None:
+            if cmd == 0x2D:  # Get Sensor Reading
+                value = self.reading(data[0])
+                if value is None:
+                    return session.send_ipmi_response(code=0xCB)
+                return session.send_ipmi_response(data=list(value))
+            if cmd == 0x27:  # Get Sensor Thresholds: none readable
+                return session.send_ipmi_response(data=[0, 0, 0, 0, 0, 0, 0])
+            if cmd == 0x25:  # Get Sensor Hysteresis
+                return session.send_ipmi_response(data=[0, 0])
+            if cmd == 0x29:  # Get Sensor Event Enable
+                return session.send_ipmi_response(data=[0xC0, 0, 0, 0, 0])
+            return session.send_ipmi_response(code=0xC1)
+
+    return SiteBmc
+
+
+def _patch_cipher(serversession: Any) -> None:
+    """pyghmi's server always answers cipher suite 3 (HMAC-SHA1, AES); refuse any other
+    proposal with RMCP+ status 0x11 (no matching cipher suite) so that a client asking for
+    suite 17 first (pyghmi's own client does) retries with suite 3 instead of failing later."""
+    cls = serversession.ServerSession
+    original = cls.create_open_session_response
+    if getattr(original, "_facility_agent", False):
+        return
+
+    def create_open_session_response(self: Any, request: Any) -> Any:
+        request = bytearray(request)
+        if len(request) >= 32 and (request[12] != 0x01 or request[20] != 0x01):
+            return bytearray([request[0], 0x11, 0, 0]) + request[4:8]
+        return original(self, request)
+
+    create_open_session_response._facility_agent = True  # type: ignore[attr-defined]
+    cls.create_open_session_response = create_open_session_response
+
+
+class IpmiFace:
+    """Every simulated server's BMC; `ports` maps server name -> UDP port once started."""
+
+    def __init__(
+        self,
+        site: SimulatedSite,
+        host: str = "127.0.0.1",
+        ports: dict[str, int] | int | None = 0,
+        users: dict[str, str] | None = None,
+    ) -> None:
+        self.site = site
+        self.host = host
+        self.users = dict(users or DEFAULT_USERS)
+        names = list(site.servers)
+        if isinstance(ports, dict):
+            self._wanted = {n: ports.get(n, 0) for n in names}
+        else:
+            base = ports or 0
+            self._wanted = {n: (base + i if base else 0) for i, n in enumerate(names)}
+        self.ports: dict[str, int] = {}
+        self.bmcs: dict[str, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._observer: asyncio.Task[None] | None = None
+
+    def call_in_loop(self, fn: Any) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(fn)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        cls = await asyncio.to_thread(_make_bmc_class)
+        for name, server in self.site.servers.items():
+            bmc = cls(self, server, self._wanted[name])
+            self.bmcs[name] = bmc
+            self.ports[name] = bmc.port
+        self._thread = threading.Thread(target=self._serve, name="sim-ipmi", daemon=True)
+        self._thread.start()
+        self._observer = asyncio.create_task(self._observe(), name="sim-ipmi-sel")
+
+    def _serve(self) -> None:
+        from pyghmi.ipmi.private import session as ps
+
+        while not self._stop.is_set():
+            try:
+                ps.Session.wait_for_rsp(timeout=0.2)
+            except Exception:
+                log.exception("simulated BMC loop")
+                time.sleep(0.05)
+
+    async def _observe(self) -> None:
+        """Watch the model so a PSU change lands in the SEL even if nobody polls meanwhile."""
+        while True:
+            for bmc in self.bmcs.values():
+                bmc.observe()
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> None:
+        if self._observer:
+            self._observer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._observer
+        self._stop.set()
+        if self._thread:
+            await asyncio.to_thread(self._thread.join, 2.0)
+        await asyncio.to_thread(_close_sockets, list(self.bmcs.values()))
+        self.bmcs.clear()
+
+    def faults(self, server: str) -> BmcFaults:
+        """The switchable misbehaviour of one server's BMC (tests)."""
+        f: BmcFaults = self.bmcs[server].faults
+        return f
+
+
+def _close_sockets(bmcs: Iterable[Any]) -> None:
+    """Take the BMCs' sockets out of pyghmi's I/O loop first, then close them."""
+    from pyghmi.ipmi.private import session as ps
+
+    socks = [b.serversocket for b in bmcs]
+    for sock in socks:
+        with contextlib.suppress(ValueError):
+            ps.iosockets.remove(sock)
+        ps.Session.bmc_handlers.pop(sock, None)
+    with contextlib.suppress(Exception):
+        ps.iosockets[0].sendto(b"\x01", (ps.myself, ps.iosockets[0].getsockname()[1]))
+    time.sleep(0.05)
+    for sock in socks:
+        sock.close()
