@@ -138,6 +138,7 @@ class MqttSink:
         if self.outbox is not None:
             self._channel = self.outbox.channel("mqtt", self._take_rows)
             await self.outbox.open()
+            self._check_idle()  # what a previous run left counts as work to do
         self._start_client()
         self._watchdog = asyncio.create_task(self._watch(), name="mqtt-sink-watchdog")
 

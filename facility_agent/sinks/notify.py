@@ -42,7 +42,8 @@ _NOTIFY_TYPE = {
     Severity.WARNING: apprise.NotifyType.WARNING,
     Severity.INFO: apprise.NotifyType.INFO,
 }
-TICK = 0.2
+#: How often group timers and repeats are checked (the latency floor of a grouped alert).
+TICK = 0.1
 
 
 class _Route:
