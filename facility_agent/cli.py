@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="SNMP UDP port of every simulated agent (community = equipment name); 0 = any free",
     )
     p.add_argument(
+        "--ipmi-port",
+        type=int,
+        default=6230,
+        help="IPMI (RMCP+) UDP port of the first simulated server's BMC, the next servers on the "
+        "next ports; 0 = any free",
+    )
+    p.add_argument(
         "--snmp-trap-target",
         action="append",
         default=[],
