@@ -32,6 +32,7 @@ def simulate(args: argparse.Namespace) -> int:
         modbus_port=args.modbus_port,
         modbus_rtu={"pty": True, "off": False}.get(args.modbus_rtu, args.modbus_rtu),
         snmp_port=args.snmp_port,
+        ipmi_port=args.ipmi_port,
         snmp_trap_targets=[_host_port(t) for t in args.snmp_trap_target],
         snmp_pdu_outlets=args.snmp_pdu_outlets,
         stop_at_scenario_end=args.exit_after_scenario,
@@ -50,6 +51,14 @@ def simulate(args: argparse.Namespace) -> int:
             print(
                 f"try: snmpwalk -v2c -c ups-a -On {info.host}:{info.ports['snmp']} "
                 ".1.3.6.1.2.1.33   (communities: ups-*, pdu-*, ats-1, switch)",
+                flush=True,
+            )
+        bmcs = {k[5:]: v for k, v in info.ports.items() if k.startswith("ipmi:")}
+        if bmcs:
+            name, port = next(iter(bmcs.items()))
+            print(
+                f"try: ipmitool -I lanplus -C 3 -H {info.host} -p {port} -U admin -P adminpass "
+                f"sdr list   ({name}; BMCs: {bmcs})",
                 flush=True,
             )
         if info.scenario:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .clock import SimClock
+from .ipmi_bmc import IpmiFace
 from .modbus_server import ModbusFace
 from .nut_server import NutServer, NutUser
 from .scenario import AppliedStep, Scenario, ScenarioRunner, apply_action, load_scenario
@@ -43,6 +44,9 @@ class SimulatorOptions:
     #: Modbus RTU on a pty the simulator creates (path in `info.extra["modbus_rtu"]`); a string
     #: also puts a symlink to the pty at that path.
     modbus_rtu: bool | str = False
+    #: UDP port of the first simulated server's BMC (the next servers take the next ports);
+    #: 0 = a free port each; None = no IPMI face.
+    ipmi_port: int | None = None
     #: UDP port of the SNMP face (all agents, chosen by community); 0 = any free; None = none.
     snmp_port: int | None = None
     #: Where the SNMP face sends its v2c traps: (host, port) pairs.
@@ -118,6 +122,9 @@ class RunningSimulator:
                 pdu_outlets=opts.snmp_pdu_outlets,
                 tick=opts.tick,
             )
+        self.ipmi: IpmiFace | None = None
+        if opts.ipmi_port is not None:
+            self.ipmi = IpmiFace(self.site, opts.host, opts.ipmi_port)
         self.finished = asyncio.Event()
         self._ticker: asyncio.Task[None] | None = None
 
@@ -130,6 +137,8 @@ class RunningSimulator:
             await self.modbus.start()
         if self.snmp:
             await self.snmp.start()
+        if self.ipmi:
+            await self.ipmi.start()
         # Simulated time starts now, once the faces listen: t=0 of the scenario is "ready".
         self.clock = SimClock(self.clock.speed)
         if self.scenario_runner:
@@ -148,6 +157,8 @@ class RunningSimulator:
             await self.modbus.stop()
         if self.snmp:
             await self.snmp.stop()
+        if self.ipmi:
+            await self.ipmi.stop()
 
     async def __aenter__(self) -> RunningSimulator:
         await self.start()
@@ -198,6 +209,7 @@ class RunningSimulator:
                 **({"nut": self.nut.port} if self.nut else {}),
                 **self._modbus_ports(),
                 **({"snmp": self.snmp.port} if self.snmp else {}),
+                **{f"ipmi:{n}": p for n, p in (self.ipmi.ports if self.ipmi else {}).items()},
             },
             site=self.site.name,
             ups=self.site.ups_names(),
