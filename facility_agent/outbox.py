@@ -327,8 +327,9 @@ class Outbox:
         self._schedule_flush()
 
     def _trim_memory(self) -> None:
+        """Only while the disk refuses writes: then memory is the only place left, bounded."""
         excess = len(self._pending) - MEMORY_LIMIT
-        if excess <= 0:
+        if excess <= 0 or not self._disk_trouble:
             return
         for sink, *_ in self._pending[:excess]:
             self.dropped[(sink, "disk_full")] += 1

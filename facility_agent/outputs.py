@@ -29,6 +29,15 @@ def make_outbox(config: SiteConfig) -> Outbox:
     return Outbox(path, max_bytes=box.max_bytes, max_age=box.max_age, window=box.window)
 
 
+def feeds_from(topology: dict[str, list[str]]) -> dict[str, list[str]]:
+    """`topology:` says what each device is fed by; alert inhibition wants what each feeds."""
+    feeds: dict[str, list[str]] = {}
+    for device, sources in topology.items():
+        for source in sources:
+            feeds.setdefault(source, []).append(device)
+    return feeds
+
+
 def build_outputs(config: SiteConfig) -> list[Sink]:
     """MQTT, InfluxDB, chat alerts and Prometheus, as configured."""
     sinks: list[Any] = []
@@ -53,7 +62,8 @@ def build_outputs(config: SiteConfig) -> list[Sink]:
     if config.notify:
         from .sinks.notify import NotifySink
 
-        sinks.append(NotifySink(config.notify, config.site, shared(), feeds=dict(config.topology)))
+        feeds = feeds_from(config.topology)
+        sinks.append(NotifySink(config.notify, config.site, shared(), feeds=feeds))
     if config.prometheus is not None:
         from .sinks.prometheus import PrometheusSink
 

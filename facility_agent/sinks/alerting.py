@@ -16,8 +16,9 @@ Ideas from Alertmanager, in the small:
   (`{ups-a: [pdu-a], pdu-a: [srv-01, srv-02]}`, followed transitively). While a device has a
   firing alert of a type in `INHIBIT_SOURCES` (on battery, output off, FSD), alerts of types
   matching `INHIBIT_TARGETS` on anything it feeds fold into that alert: they are counted and
-  named in its messages instead of arriving one by one. The site file's `topology:` section is
-  that mapping; the policy engine reads the same section.
+  named in its messages instead of arriving one by one. The mapping is derived from the site
+  file's `topology:` section (device: [what feeds it], shared with the policy engine) by
+  outputs.feeds_from().
 """
 
 from __future__ import annotations
