@@ -60,14 +60,21 @@ def parse_size(value: Any) -> Any:
 
 
 def redact_url(url: str) -> str:
-    """`matrix://127.0.0.1:8008/…`: scheme and host only, no user, password, token or path."""
+    """`matrix://m.example.org:8448/…`: the scheme, and the host only when it looks like one.
+
+    Many apprise URLs carry a token where the host goes (`tgram://BOT_TOKEN/CHAT`,
+    `slack://A/B/C`), so a "host" without a dot is not shown either.
+    """
+    scheme = url.split("://", 1)[0] if "://" in url else "?"
     try:
         parts = urlsplit(url)
-        host = parts.hostname or "?"
+        host = parts.hostname or ""
         port = f":{parts.port}" if parts.port else ""
     except ValueError:
-        return "<unparsable URL>"
-    return f"{parts.scheme}://{host}{port}/…"
+        return f"{scheme}://…"
+    if not (host == "localhost" or "." in host or ":" in host):
+        return f"{scheme}://…"
+    return f"{scheme}://{host}{port}/…"
 
 
 class OutboxConfig(_Section):
