@@ -69,7 +69,15 @@ def ups_state(device: str, n: int, t0: datetime) -> DeviceState:
 
 
 def rss_mb() -> float:
+    """Peak resident memory of this process so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 async def bench_throughput(root: Path, rows: int) -> dict[str, Any]:
@@ -169,7 +177,15 @@ async def bench_replay(root: Path, devices: int, seconds: int) -> dict[str, Any]
     store_s = time.perf_counter() - began
     await box.close()
     file_mb = sum(p.stat().st_size for p in root.glob("replay.sqlite*")) / 1e6  # noqa: ASYNC240
-    rss_before = rss_mb()
+    rss_before = current_rss_mb()
+    samples: list[float] = []
+
+    async def sample() -> None:
+        while True:
+            samples.append(current_rss_mb())
+            await asyncio.sleep(0.25)
+
+    sampler = asyncio.create_task(sample())
     broker, port = start_mosquitto(root)
     try:
         cfg = MqttConfig.model_validate({"host": "127.0.0.1", "port": port})
@@ -181,6 +197,7 @@ async def bench_replay(root: Path, devices: int, seconds: int) -> dict[str, Any]
         sent = sink.stats()["sent"]
         await sink.stop(timeout=5)
     finally:
+        sampler.cancel()
         broker.stop()
     return {
         "devices": devices,
@@ -194,8 +211,9 @@ async def bench_replay(root: Path, devices: int, seconds: int) -> dict[str, Any]
         "replay_per_s": sent / replay_s,
         "sent": sent,
         "complete": ok and sent == total,
-        "peak_rss_mb_before_replay": rss_before,
-        "peak_rss_mb_after_replay": rss_mb(),
+        "rss_mb_before_replay": rss_before,
+        "rss_mb_max_during_replay": max(samples) if samples else float("nan"),
+        "peak_rss_mb_process": rss_mb(),
     }
 
 
@@ -381,10 +399,12 @@ def doc_section(r: dict[str, Any]) -> str:
         f"{rp['file_mb']:.0f} MB of outbox file. Stored in {rp['store_s']:.0f} s "
         f"({rp['store_per_s']:,.0f} msg/s); then a fresh MQTT sink on the same file delivered "
         f"them to a real Mosquitto with QoS 1 (PUBACK before delete) in {rp['replay_s']:.0f} s: "
-        f"**{rp['replay_per_s']:,.0f} msg/s**, complete: {rp['complete']}. Peak RSS of the whole "
-        f"benchmark process {rp['peak_rss_mb_after_replay']:.0f} MB (it was "
-        f"{rp['peak_rss_mb_before_replay']:.0f} MB before the replay): the backlog streams in "
-        "windows, it is never in memory.",
+        f"**{rp['replay_per_s']:,.0f} msg/s**, complete: {rp['complete']}. Resident memory of the "
+        f"process during the replay: at most {rp['rss_mb_max_during_replay']:.0f} MB (it was "
+        f"{rp['rss_mb_before_replay']:.0f} MB when the replay began, sampled every 0.25 s): the "
+        "backlog streams in windows, it is never in memory. (The starting figure is the "
+        "allocator's high-water mark from building 720,000 payloads in the same process; "
+        "tracemalloc finds no object retained by the outbox after a 200,000-row store.)",
         "",
         "An hour of a 200-device site at 1 s with every state changing is far above the default "
         "`outbox.max_bytes` (256 MB): size the bound for the outage you want to ride out "
@@ -442,14 +462,15 @@ async def main() -> int:
     result: dict[str, Any] = {"machine": machine_info()}
     with tempfile.TemporaryDirectory(prefix="outbox-bench-") as tmp:
         root = Path(tmp)
+        # The replay first, while the process is small, so its memory figure means something.
+        result["replay"] = await bench_replay(root, args.devices, args.seconds)
+        print("replay", result["replay"], flush=True)
         result["throughput"] = await bench_throughput(root, args.rows)
         print("throughput", result["throughput"], flush=True)
         result["chat_smtp"] = await bench_chat_smtp(root, args.chat)
         print("smtp", result["chat_smtp"], flush=True)
         result["chat_matrix"] = await bench_chat_matrix(root, args.chat)
         print("matrix", result["chat_matrix"], flush=True)
-        result["replay"] = await bench_replay(root, args.devices, args.seconds)
-        print("replay", result["replay"], flush=True)
     save_result("outbox", result)
     if not args.quick:
         write_doc(doc_section(result))
