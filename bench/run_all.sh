@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 "$PY" bench/detection_latency.py "$@"
 "$PY" bench/poll_capacity.py
+"$PY" bench/outbox_bench.py       # ~4 min; writes its own section of docs/benchmarks.md
 "$PY" bench/write_docs.py
