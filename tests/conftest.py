@@ -7,5 +7,6 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.modbus",
     "tests.fixtures.snmp",
+    "tests.fixtures.ipmi",
     "tests.fixtures.outputs",
 ]
