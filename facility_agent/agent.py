@@ -62,6 +62,7 @@ class Agent:
         #: Drill runs journal as drills and may skip hooks (`facility-agent drill --dry-run`).
         self.drill = False
         self.dry_run = False
+        self.journal_name = "journal.sqlite"
 
     def on_state(self, listener: StateListener) -> None:
         self._state_listeners.append(listener)
@@ -88,7 +89,7 @@ class Agent:
                 self.drivers,
                 self.emit,
                 self._publish_state,
-                self.config.state_path() / "journal.sqlite",
+                self.config.state_path() / self.journal_name,
                 dry_run=self.dry_run,
                 drill=self.drill,
             )

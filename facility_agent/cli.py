@@ -90,6 +90,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return simulate(args)
 
 
+def cmd_drill(args: argparse.Namespace) -> int:
+    site = _load(args.config)
+    if site is None:
+        return EXIT_INVALID
+    if site.shutdown is None:
+        print(f"{args.config}: has no shutdown section: nothing to drill", file=sys.stderr)
+        return EXIT_INVALID
+    from .drill import run_drill, write_report
+
+    try:
+        report = asyncio.run(run_drill(site, args.scenario, speed=args.speed, dry_run=args.dry_run))
+    except Exception as exc:
+        log.exception("the drill stopped on an unexpected error")
+        print(f"facility-agent drill: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    print(write_report(report, Path(args.report) if args.report else None), flush=True)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import demo
 
@@ -159,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit-after-scenario", action="store_true", help="stop when the scenario has ended"
     )
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "drill", help="play a scenario against the simulated site with this site's real plan"
+    )
+    p.add_argument("-c", "--config", required=True, help="site file (YAML)")
+    p.add_argument("--scenario", default="utility-outage", help="scenario name or file")
+    p.add_argument("--speed", type=float, default=None, help="clock speed [the scenario's]")
+    p.add_argument("--dry-run", action="store_true", help="hooks are not run, only reported")
+    p.add_argument("--report", help="also write the report to this file")
+    p.set_defaults(func=cmd_drill)
 
     p = sub.add_parser(
         "demo", help="run the agent against the simulated site through a scripted outage"

@@ -186,6 +186,11 @@ async def test_generator_fails_to_crank_shutdown_runs_in_order(tmp_path: Path) -
         assert len(steps) == 5 and all(e.data["ok"] for e in steps)
         run = agent.policy.journal.last_run("shutdown")  # type: ignore[union-attr]
         assert run is not None and run.state == "completed"
+        # The UPS outputs going off, as the plan asked, is not a new outage: no second plan.
+        WORLD["ups-a"]["status"] = "OB OFF"
+        WORLD["ups-b"]["status"] = "OL OFF"
+        WORLD["ups-a"]["metrics"]["battery.runtime"] = 0
+        await asyncio.sleep(1.0)
         assert rec.types().count("shutdown.started") == 1
     finally:
         await agent.stop()
@@ -229,7 +234,7 @@ async def test_flapping_power_never_starts_a_shutdown(tmp_path: Path) -> None:
 
 
 async def test_one_ups_failing_degrades_runs_hook_no_shutdown(tmp_path: Path) -> None:
-    hooks = [{"on": ["redundancy.*"], "run": hook_script(tmp_path, "failover"), "timeout": 5}]
+    hooks = [{"events": ["redundancy.*"], "run": hook_script(tmp_path, "failover"), "timeout": 5}]
     agent, rec = await started(tmp_path, hooks=hooks)
     try:
         WORLD["ups-b"]["status"] = "OB DISCHRG"
@@ -292,7 +297,7 @@ async def test_hung_hook_times_out_and_plan_goes_on(tmp_path: Path) -> None:
 async def test_device_strings_reach_hooks_only_as_data(tmp_path: Path) -> None:
     canary = tmp_path / "pwned"
     evil = f"$(touch {canary}); touch {canary} ; `touch {canary}`"
-    hooks = [{"on": ["*"], "run": hook_script(tmp_path, "all"), "timeout": 5}]
+    hooks = [{"events": ["*"], "run": hook_script(tmp_path, "all"), "timeout": 5}]
     agent, rec = await started(tmp_path, hooks=hooks)
     try:
         agent.emit(Event("lab1", "ups-a", "power.on_battery", "critical", f"model {evil}"))  # type: ignore[arg-type]

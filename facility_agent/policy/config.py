@@ -67,14 +67,15 @@ class GroupConfig(_Section):
 class HookConfig(_Section):
     """A command run on events: an argv list, never through a shell."""
 
-    #: Event types that run it (`redundancy.degraded`, `power.*`, `*`).
-    on: list[str] = Field(min_length=1)
+    #: Event types that run it (`redundancy.degraded`, `power.*`, `*`). Not called `on`:
+    #: YAML 1.1 reads a bare `on` key as the boolean true.
+    events: list[str] = Field(min_length=1)
     run: list[str] = Field(min_length=1)
     #: Only events of these devices or groups (empty: all).
     only: list[str] = Field(default_factory=list)
     timeout: Duration = 30.0
 
-    @field_validator("on", "only", mode="before")
+    @field_validator("events", "only", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value

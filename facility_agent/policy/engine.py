@@ -29,6 +29,8 @@ from .plan import PlanRunner, StepContext, StepOutcome, execute_step
 log = logging.getLogger(__name__)
 
 TICK = 0.25
+#: Drills journal apart from real runs; real runs are preferred when learning durations.
+DRILL_JOURNAL = "drill-journal.sqlite"
 #: How long a stopping agent lets the running stage finish before it leaves the rest to the
 #: next start (the journal keeps the plan `running`).
 STOP_GRACE = 10.0
@@ -71,6 +73,12 @@ class PolicyEngine:
         self._stopping = False
         self._last_plan_end: float | None = None
         self._unconfirmed_warned: set[str] = set()
+        #: The power group's runtime when the last trigger was evaluated (for drill reports).
+        self.last_runtime: float | None = None
+        self._expected: float | None = None
+        #: A plan ran to its end: the site is down on purpose until recovery has run, and no
+        #: new plan may start meanwhile (the outputs it switched off are not a new outage).
+        self.site_down = False
         sd = policy.shutdown
         trig = sd.triggers if sd else None
         self._held: dict[str, Held] = {}
@@ -102,15 +110,17 @@ class PolicyEngine:
                 self._start_plan(unfinished.reason, resume=unfinished)
             else:
                 last = self.journal.last_run()
+                ended = last is not None and last.kind == "shutdown"
                 self.recovery_pending = (
-                    last is not None
-                    and last.kind == "shutdown"
+                    ended
+                    and last is not None
                     and last.state
                     in (
                         "completed",
                         "cancelled",
                     )
                 )
+                self.site_down = ended and last is not None and last.state == "completed"
             unfinished_recovery = self.journal.unfinished("recovery")
             if unfinished_recovery is not None and self.plan_task is None:
                 self._start_recovery(resume=unfinished_recovery)
@@ -147,7 +157,7 @@ class PolicyEngine:
         if event.type.startswith("hook."):
             return
         for hook in self.policy.hooks:
-            if not any(fnmatch.fnmatchcase(event.type, pattern) for pattern in hook.on):
+            if not any(fnmatch.fnmatchcase(event.type, pattern) for pattern in hook.events):
                 continue
             group = str(event.data.get("group", "")) if event.data else ""
             if hook.only and event.device not in hook.only and group not in hook.only:
@@ -192,7 +202,7 @@ class PolicyEngine:
         self._warn_unconfirmed(pv)
         if self.plan_task is not None:
             self._maybe_cancel(pv, now)
-        elif self.recovery_task is None:
+        elif self.recovery_task is None and not self.site_down:
             reason = self._trigger(pv, states, now)
             if reason is not None:
                 self._start_plan(reason)
@@ -261,9 +271,23 @@ class PolicyEngine:
         self._unconfirmed_warned &= set(pv.unconfirmed_low)
 
     def expected_duration(self) -> float:
+        """What the plan takes: learned from completed runs (real ones first, then drills),
+        else as configured. Cached until the next plan ends."""
+        if self._expected is None:
+            self._expected = self._learn_duration()
+        return self._expected
+
+    def _learn_duration(self) -> float:
         sd = self.policy.shutdown
         assert sd is not None
         learned = self.journal.learned_duration("shutdown")
+        drills = self.journal.path.with_name(DRILL_JOURNAL)
+        if learned is None and drills != self.journal.path and drills.exists():
+            other = Journal(drills)
+            try:
+                learned = other.learned_duration("shutdown")
+            finally:
+                other.close()
         return learned if learned is not None else sd.expected_duration
 
     def _trigger(self, pv: PowerView, states: Mapping[str, DeviceState], now: float) -> str | None:
@@ -274,6 +298,7 @@ class PolicyEngine:
         need = self.groups[sd.group].group.min
         on_battery = pv.on_battery_group(need)
         runtime = pv.runtime if pv.runtime is not None else float("inf")
+        self.last_runtime = pv.runtime
         cooling = self._last_plan_end is not None and now - self._last_plan_end < sd.cooldown
         reasons: list[str] = []
         held = self._held
@@ -404,6 +429,8 @@ class PolicyEngine:
                 run=run_id,
                 duration=took,
             )
+            self._plan_ended(completed=True)
+            return
         else:
             self._emit(
                 sd.group,
@@ -414,8 +441,10 @@ class PolicyEngine:
             )
         self._plan_ended()
 
-    def _plan_ended(self) -> None:
+    def _plan_ended(self, completed: bool = False) -> None:
+        self.site_down = completed
         self.plan_task = None
+        self._expected = None
         self._last_plan_end = self.clock()
         self.recovery_pending = self.policy.recovery is not None or self._has_undo()
         self._recover_held.update(False, 0)
@@ -509,6 +538,7 @@ class PolicyEngine:
             ok = await runner.run(resume=resume)
         finally:
             self.recovery_task = None
+            self.site_down = False
         took = self.clock() - started
         self.journal.end_run(run_id, "completed" if ok else "failed")
         if ok:

@@ -124,16 +124,23 @@ class PowerView:
     min_charge: float | None = None
 
     def on_battery_group(self, need: int) -> bool:
-        return len(self.online) < need
+        """Fewer than `need` members on line while some run on battery (or went quiet on it).
+        Outputs switched off on purpose, after a shutdown, are not a power problem."""
+        return len(self.online) < need and bool(self.on_battery or self.dead)
 
     def critical(self, need: int, count_dead: bool) -> bool:
-        """Fewer than `need` members can still carry the load: low battery (believed), FSD, or
-        lost while on battery (NUT's dead-UPS rule)."""
+        """On battery, and fewer than `need` members can still carry the load: low battery
+        (believed), FSD, or lost while on battery (NUT's dead-UPS rule). Outputs switched off
+        on purpose and members on line are not a reason."""
+        if not self.on_battery_group(need):
+            return False
         bad = set(self.low_battery) | set(self.fsd)
         if count_dead:
             bad |= set(self.dead)
-        members = set(self.online) | set(self.on_battery) | set(self.dead)
-        return len(members - bad) < need
+        carrying = set(self.online) | (set(self.on_battery) - bad)
+        if not count_dead:
+            carrying |= set(self.dead)
+        return len(carrying) < need
 
 
 def confirmed(conditions: list[ConfirmCondition], states: Mapping[str, DeviceState]) -> bool:

@@ -1,0 +1,217 @@
+"""`facility-agent drill`: play a scenario against the simulated site with the site's real plan.
+
+The site file's devices are pointed at the simulator's faces (same ids as the simulated
+equipment), the real policy engine decides and acts (hooks may be dry-run), and the report
+measures what matters on the day: time to detect, time to decide, each step, the plan's total
+against the battery runtime left, and the time to recover. Drill runs go to their own journal
+(`drill-journal.sqlite`), from which the plan's expected duration is learned until real runs
+exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .agent import Agent
+from .config import SiteConfig
+from .driver import DeviceConfig
+from .model import Event
+from .sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+#: How long after the scenario's end a drill waits for a plan or recovery still running.
+SETTLE_MAX = 120.0
+
+
+@dataclass
+class Mark:
+    what: str
+    at: float
+    sim_time: float | None = None
+
+
+@dataclass
+class DrillReport:
+    scenario: str
+    speed: float
+    marks: list[Mark] = field(default_factory=list)
+    events: list[tuple[float, Event]] = field(default_factory=list)
+    skipped_devices: list[str] = field(default_factory=list)
+    runtime_at_decision: float | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def first(self, kind: str, after: float = 0.0) -> tuple[float, Event] | None:
+        for at, ev in self.events:
+            if ev.type == kind and at >= after:
+                return at, ev
+        return None
+
+    def mark(self, what: str) -> Mark | None:
+        return next((m for m in self.marks if m.what == what), None)
+
+    def lines(self) -> list[str]:
+        out = [f"drill: scenario {self.scenario} at x{self.speed:g}"]
+        if self.skipped_devices:
+            left = ", ".join(self.skipped_devices)
+            out.append(f"  devices with no simulated counterpart (left out): {left}")
+        lost = self.mark("utility.fail")
+        detect = self.first("power.on_battery", lost.at if lost else 0.0)
+        decide = self.first("shutdown.started")
+        if lost and detect:
+            took = detect[0] - lost.at
+            out.append(f"  time to detect:  {took:6.2f} s (utility lost -> power.on_battery)")
+        if detect and decide:
+            why = decide[1].data.get("reason", "")
+            out.append(f"  time to decide:  {decide[0] - detect[0]:6.2f} s ({why})")
+        elif not decide:
+            out.append("  no shutdown was started")
+        steps = [(at, ev) for at, ev in self.events if ev.type == "shutdown.step"]
+        for _, ev in steps:
+            ok = "ok    " if ev.data.get("ok") else "FAILED"
+            out.append(f"    step {ok} {float(ev.data.get('duration', 0.0)):6.2f} s  {ev.message}")
+        done = (
+            self.first("shutdown.completed")
+            or self.first("shutdown.cancelled")
+            or self.first("shutdown.failed")
+        )
+        if decide and done:
+            total = done[0] - decide[0]
+            out.append(f"  plan {done[1].type.split('.')[1]} after {total:6.2f} s")
+            if self.runtime_at_decision is not None:
+                real = self.runtime_at_decision / max(self.speed, 1e-9)
+                margin = real - total
+                out.append(
+                    f"  battery runtime at decision: {self.runtime_at_decision:.0f} s simulated "
+                    f"({real:.0f} s at this speed); margin {margin:+.0f} s"
+                )
+        back = self.mark("utility.restore")
+        recovered = self.first("recovery.completed")
+        if back and recovered:
+            rto = recovered[0] - back.at
+            out.append(f"  time to recover (RTO): {rto:6.2f} s (power back -> recovery completed)")
+        elif self.first("recovery.failed"):
+            out.append("  recovery FAILED")
+        elif back:
+            out.append("  no recovery ran")
+        return out
+
+
+def point_at_simulator(site: SiteConfig, info: Any) -> tuple[SiteConfig, list[str]]:
+    """The site with each device aimed at its simulated counterpart; the ones left out."""
+    devices: list[DeviceConfig] = []
+    skipped: list[str] = []
+    ports: dict[str, int] = dict(info.ports)
+    for dev in site.devices:
+        mapped = _map_device(dev, ports, info)
+        if mapped is None:
+            skipped.append(dev.id)
+        else:
+            devices.append(mapped)
+    return site.model_copy(update={"devices": devices}), skipped
+
+
+def _map_device(dev: DeviceConfig, ports: dict[str, int], info: Any) -> DeviceConfig | None:
+    update: dict[str, Any] = {}
+    if dev.driver == "nut" and "nut" in ports and getattr(dev, "ups", None) in info.ups:
+        update = {"host": "127.0.0.1", "port": ports["nut"]}
+    elif dev.driver == "snmp" and "snmp" in ports and str(getattr(dev, "version", "2c")) != "3":
+        # The SNMP face serves every simulated agent on one port, chosen by community.
+        update = {"host": "127.0.0.1", "port": ports["snmp"], "community": dev.id}
+    elif dev.driver == "modbus" and "modbus" in ports:
+        update = {"host": "127.0.0.1", "port": ports["modbus"], "serial": None}
+    elif dev.driver == "ipmi" and f"ipmi:{dev.id}" in ports:
+        update = {"host": "127.0.0.1", "port": ports[f"ipmi:{dev.id}"]}
+    elif dev.driver == "net":
+        return dev
+    if not update:
+        return None
+    fields = type(dev).model_fields
+    return type(dev).model_validate(
+        {**dev.model_dump(), **{k: v for k, v in update.items() if k in fields}}
+    )
+
+
+async def run_drill(
+    site: SiteConfig,
+    scenario: str,
+    *,
+    speed: float | None = None,
+    dry_run: bool = False,
+    sinks: list[Sink] | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    on_tick: Callable[[DrillReport, Any], None] | None = None,
+    nut_port: int = 0,
+) -> DrillReport:
+    from .simulators.serve import RunningSimulator, SimulatorOptions
+
+    report = DrillReport(scenario=scenario, speed=speed or 1.0)
+
+    def on_step(applied: Any) -> None:
+        report.marks.append(Mark(applied.step.do, time.monotonic(), applied.time))
+
+    options = SimulatorOptions(
+        scenario=scenario,
+        speed=speed,
+        nut_port=nut_port,
+        modbus_port=0,
+        snmp_port=0,
+        on_step=on_step,
+    )
+    async with RunningSimulator(options) as sim:
+        report.speed = sim.info.speed
+        aimed, report.skipped_devices = point_at_simulator(site, sim.info)
+        agent = Agent(aimed, sinks=sinks if sinks is not None else [])
+        agent.drill = True
+        agent.dry_run = dry_run
+        agent.journal_name = "drill-journal.sqlite"
+
+        def record(event: Event) -> None:
+            report.events.append((time.monotonic(), event))
+            first = report.runtime_at_decision is None
+            if event.type == "shutdown.started" and agent.policy is not None and first:
+                report.runtime_at_decision = agent.policy.last_runtime
+            if on_event is not None:
+                on_event(event)
+
+        agent.on_event(record)
+        await agent.start()
+        try:
+            await _wait_for_the_end(sim, agent, report, on_tick)
+        finally:
+            await agent.stop()
+    return report
+
+
+async def _wait_for_the_end(
+    sim: Any, agent: Agent, report: DrillReport, on_tick: Callable[[DrillReport, Any], None] | None
+) -> None:
+    settle_until: float | None = None
+    while True:
+        if on_tick is not None:
+            on_tick(report, sim)
+        if settle_until is None and sim.finished.is_set():
+            settle_until = time.monotonic() + SETTLE_MAX
+        if settle_until is not None:
+            policy = agent.policy
+            busy = policy is not None and (
+                policy.plan_task is not None
+                or policy.recovery_task is not None
+                or policy.recovery_pending
+            )
+            if not busy or time.monotonic() > settle_until:
+                return
+        await asyncio.sleep(0.25)
+
+
+def write_report(report: DrillReport, path: Path | None = None) -> str:
+    text = "\n".join(report.lines())
+    if path is not None:
+        path.write_text(text + "\n")
+    return text
