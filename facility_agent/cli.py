@@ -192,8 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="run the agent against the simulated site through a scripted outage"
     )
-    p.add_argument("--scenario", default="utility-outage", help="scenario to play")
-    p.add_argument("--speed", type=float, default=3.0, help="simulated seconds per real second [3]")
+    p.add_argument("--scenario", default="demo-outage", help="scenario to play [demo-outage]")
+    p.add_argument(
+        "--speed", type=float, default=None, help="simulated seconds per real second [scenario's]"
+    )
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.set_defaults(func=cmd_demo)
     return parser

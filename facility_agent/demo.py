@@ -11,9 +11,11 @@ import argparse
 import asyncio
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -21,18 +23,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .agent import Agent
-from .config import MqttConfig, SiteConfig
+from .config import MqttConfig, parse_site
 from .local_broker import BrokerError, LocalMosquitto
 from .mqtt_watch import MqttWatcher, Received, SiteView
-from .registry import driver_class
 
 log = logging.getLogger(__name__)
 
 SITE = "demo"
 PREFIX = "facility"
-#: Real seconds to keep watching after the scenario's last simulated second.
-SETTLE = 2.0
 #: Which event, from which devices, a scenario action should produce; None = every UPS.
 EXPECTED: dict[str, str] = {
     "utility.fail": "power.on_battery",
@@ -62,28 +60,7 @@ class DemoRun:
     world: dict[str, Any] = field(default_factory=dict)
     sim_time: float = 0.0
     duration: float = 0.0
-
-
-def build_site(nut_port: int, broker_port: int, ups_names: list[str]) -> SiteConfig:
-    """The agent's site file for the simulated site, validated by the same models as any other."""
-    nut = driver_class("nut").config_model
-    devices = [
-        nut.model_validate(
-            {
-                "id": name,
-                "driver": "nut",
-                "host": "127.0.0.1",
-                "port": nut_port,
-                "ups": name,
-                "interval": 0.5,
-                "timeout": 1.0,
-                "lost_after": 2,
-            }
-        )
-        for name in ups_names
-    ]
-    mqtt = MqttConfig(host="127.0.0.1", port=broker_port, prefix=PREFIX, heartbeat=30.0)
-    return SiteConfig(site=SITE, mqtt=mqtt, devices=devices)
+    ups: list[str] = field(default_factory=list)
 
 
 def _fmt_num(value: Any, suffix: str = "", scale: float = 1.0) -> str:
@@ -202,69 +179,62 @@ def detection(run: DemoRun, events: list[Received], ups: list[str]) -> list[tupl
 
 
 async def run_demo(args: argparse.Namespace, console: Console, live: bool) -> int:
-    from .simulators.serve import RunningSimulator, SimulatorOptions
+    """The bundled demo site (config/demo-site.yaml) through the drill machinery: the same
+    agent, policy and plan a real site runs, publishing to a private broker."""
+    from importlib.resources import files
+
+    from .drill import run_drill
 
     started = time.monotonic()
     run = DemoRun(scenario=args.scenario, speed=args.speed)
-
-    def on_step(applied: Any) -> None:
-        step = applied.step
-        run.steps.append(
-            StepSeen(
-                step.do, step.target, applied.time, time.monotonic(), getattr(step, "note", None)
-            )
-        )
-
     broker = LocalMosquitto()
     await broker.start()
+    state = tempfile.TemporaryDirectory(prefix="facility-agent-demo-")
     try:
-        options = SimulatorOptions(
-            scenario=args.scenario, speed=args.speed, nut_port=0, on_step=on_step
-        )
-        async with RunningSimulator(options) as sim:
-            info = sim.info
-            run.duration = info.duration or 60.0
-            run.speed = info.speed
-            site = build_site(sim.nut_port, broker.port, list(info.ups))
-            watcher = MqttWatcher("127.0.0.1", broker.port, PREFIX, SITE)
-            await watcher.start()
-            agent = Agent(site)
-            await agent.start()
-            printer = PlainPrinter(console.print if live else print_flush, started)
-            deadline: float | None = None
-            try:
-                with (
-                    Live(console=console, refresh_per_second=4, transient=False)
-                    if live
-                    else _Null() as screen
-                ):
-                    while True:
-                        run.world = sim.site.snapshot()
-                        run.sim_time = float(run.world.get("time", 0.0))
-                        if live:
-                            screen.update(render(run, watcher.view, started))
-                        else:
-                            printer.update(run, watcher.view)
-                        if deadline is None and sim.finished.is_set():
-                            deadline = time.monotonic() + SETTLE
-                        if deadline is not None and time.monotonic() >= deadline:
-                            break
-                        await asyncio.sleep(0.25)
-            finally:
-                await agent.stop()
-                await asyncio.sleep(0.3)  # let the retained `offline` reach the watcher
-                await watcher.stop()
+        text = (files("facility_agent.data") / "demo-site.yaml").read_text()
+        site = parse_site(text, "demo-site.yaml")
+        mqtt = MqttConfig(host="127.0.0.1", port=broker.port, prefix=PREFIX, heartbeat=30.0)
+        site = site.model_copy(update={"mqtt": mqtt, "state_dir": Path(state.name)})
+        watcher = MqttWatcher("127.0.0.1", broker.port, PREFIX, site.site)
+        await watcher.start()
+        printer = PlainPrinter(console.print if live else print_flush, started)
+        screen_cm = Live(console=console, refresh_per_second=4) if live else _Null()
+        with screen_cm as screen:
+
+            def on_tick(report: Any, sim: Any) -> None:
+                run.world = sim.site.snapshot()
+                run.sim_time = float(run.world.get("time", 0.0))
+                run.duration = sim.info.duration or 60.0
+                run.speed = sim.info.speed
+                run.ups = list(sim.info.ups)
+                run.steps = [
+                    StepSeen(m.what, m.target, m.sim_time or 0.0, m.at, m.note)
+                    for m in report.marks
+                ]
+                if live:
+                    screen.update(render(run, watcher.view, started))
+                else:
+                    printer.update(run, watcher.view)
+
+            report = await run_drill(site, args.scenario, speed=args.speed, on_tick=on_tick)
+        await asyncio.sleep(0.3)  # let the retained `offline` reach the watcher
+        await watcher.stop()
     finally:
         await broker.stop()
-
+        state.cleanup()
     view = watcher.view
     if not live:
         printer.update(run, view)
-    return summarize(run, view, list(info.ups), started, console)
+    return summarize(run, view, run.ups, started, console, report.lines())
 
 
 def summarize(
-    run: DemoRun, view: SiteView, ups: list[str], started: float, console: Console
+    run: DemoRun,
+    view: SiteView,
+    ups: list[str],
+    started: float,
+    console: Console,
+    drill: list[str] | None = None,
 ) -> int:
     counts: dict[str, int] = {}
     for rec in view.events:
@@ -280,6 +250,7 @@ def summarize(
     ]
     for what, device, delay in detection(run, view.events, ups):
         lines.append(f"  {what} for {device}: on MQTT {delay:.2f} s after it happened")
+    lines.extend(drill or [])
     problems = []
     missing = [u for u in ups if u not in view.states]
     if missing:

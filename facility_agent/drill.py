@@ -32,9 +32,13 @@ SETTLE_MAX = 120.0
 
 @dataclass
 class Mark:
+    """A scenario step as it fired: what, when (monotonic), at which simulated second."""
+
     what: str
     at: float
     sim_time: float | None = None
+    target: str | None = None
+    note: str | None = None
 
 
 @dataclass
@@ -86,11 +90,13 @@ class DrillReport:
             out.append(f"  plan {done[1].type.split('.')[1]} after {total:6.2f} s")
             if self.runtime_at_decision is not None:
                 real = self.runtime_at_decision / max(self.speed, 1e-9)
-                margin = real - total
-                out.append(
+                line = (
                     f"  battery runtime at decision: {self.runtime_at_decision:.0f} s simulated "
-                    f"({real:.0f} s at this speed); margin {margin:+.0f} s"
+                    f"({real:.0f} s at this speed)"
                 )
+                if done[1].type == "shutdown.completed":
+                    line += f"; margin {real - total:+.0f} s"
+                out.append(line)
         back = self.mark("utility.restore")
         recovered = self.first("recovery.completed")
         if back and recovered:
@@ -154,7 +160,10 @@ async def run_drill(
     report = DrillReport(scenario=scenario, speed=speed or 1.0)
 
     def on_step(applied: Any) -> None:
-        report.marks.append(Mark(applied.step.do, time.monotonic(), applied.time))
+        step = applied.step
+        report.marks.append(
+            Mark(step.do, time.monotonic(), applied.time, step.target, getattr(step, "note", None))
+        )
 
     options = SimulatorOptions(
         scenario=scenario,
@@ -167,7 +176,7 @@ async def run_drill(
     async with RunningSimulator(options) as sim:
         report.speed = sim.info.speed
         aimed, report.skipped_devices = point_at_simulator(site, sim.info)
-        agent = Agent(aimed, sinks=sinks if sinks is not None else [])
+        agent = Agent(aimed, sinks=sinks)
         agent.drill = True
         agent.dry_run = dry_run
         agent.journal_name = "drill-journal.sqlite"

@@ -90,6 +90,11 @@ def test_demo_runs_the_outage_and_exits_0() -> None:
     assert "event critical: power.on_battery ups-a" in text
     assert "event info: power.on_line ups-a" in text
     assert "world: utility DOWN" in text
-    assert "summary: scenario utility-outage" in text
+    # The policy's story: decided on the generator, cancelled when power came back, recovered.
+    assert "event critical: shutdown.started ups" in text
+    assert "event warning: shutdown.cancelled ups" in text
+    assert "event info: recovery.completed" in text
+    assert "time to detect:" in text and "time to recover (RTO):" in text
+    assert "summary: scenario demo-outage" in text
     assert "agent status at the end: offline" in text
     assert "PROBLEM" not in text and "Traceback" not in out.stderr
