@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -154,3 +155,73 @@ async def test_shutdown_return_reaches_the_ups_over_nut(
     assert "INSTCMD shutdown.return accepted" in agent.output()
     agent.signal(signal.SIGTERM)
     assert agent.popen.wait(15) == 0
+
+
+def test_drill_reports_detect_decide_steps_and_recovery(tmp_path: Path) -> None:
+    canary = tmp_path / "hook-ran"
+    site = {
+        "site": "lab1",
+        "state_dir": str(tmp_path / "state"),
+        "devices": [
+            {
+                "id": u,
+                "driver": "nut",
+                "host": "10.9.9.9",
+                "ups": u,
+                "interval": 0.25,
+                "username": "admin",
+                "password": "adminpass",
+                "allow_writes": True,
+            }
+            for u in ("ups-a", "ups-b")
+        ]
+        + [{"id": "far-pdu", "driver": "nut", "host": "10.9.9.9", "ups": "not-simulated"}],
+        "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
+        "shutdown": {
+            "group": "ups",
+            "triggers": {"on_battery_for": 1, "hold": 0.2, "runtime_margin": None},
+            "stages": [
+                {"name": "hook", "steps": [{"run": ["/usr/bin/touch", str(canary)]}]},
+                {"name": "pause", "steps": [{"wait": 0.5}]},
+                {
+                    "name": "ups",
+                    "no_return": True,
+                    "steps": [{"device": "ups-a", "action": "shutdown.return"}],
+                },
+            ],
+        },
+        "recovery": {"stable_for": 1, "min_charge": 0, "stages": []},
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "facility_agent.cli",
+            "drill",
+            "-c",
+            str(path),
+            "--scenario",
+            "demo-outage",
+            "--speed",
+            "3",
+            "--dry-run",
+            "--report",
+            str(tmp_path / "report.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = (tmp_path / "report.txt").read_text()
+    assert "(left out): far-pdu" in report  # no simulated counterpart
+    assert "time to detect:" in report and "time to decide:" in report
+    assert "on battery for 1 s" in report
+    assert "dry run: would run /usr/bin/touch" in report and not canary.exists()
+    assert "ups-a shutdown.return: INSTCMD shutdown.return accepted" in report
+    assert "plan completed after" in report and "margin" in report
+    assert "time to recover (RTO):" in report
+    assert (tmp_path / "state" / "drill-journal.sqlite").exists()
+    assert not (tmp_path / "state" / "journal.sqlite").exists()  # drills never touch it

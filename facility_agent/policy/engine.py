@@ -496,10 +496,10 @@ class PolicyEngine:
         return stages
 
     def _start_recovery(self, resume: RunRecord | None = None) -> None:
+        # Even with nothing to undo or run, recovery is the moment the site counts as back:
+        # it is journaled and announced, and a new outage may start a new plan again.
         stages = self.recovery_stages()
         self.recovery_pending = False
-        if not stages:
-            return
         run_id = (
             resume.id
             if resume
