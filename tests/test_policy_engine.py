@@ -336,3 +336,48 @@ def test_step_must_be_one_kind() -> None:
     with pytest.raises(ValueError, match="exactly one of"):
         StepConfig.model_validate({"run": ["x"], "wait": 1})
     DeviceConfig(id="x", driver="y")  # the base model still validates alone
+
+
+async def test_uplink_lost_degrades_network_group_and_runs_failover_hook(tmp_path: Path) -> None:
+    WORLD["box"] = {
+        "status": "",
+        "metrics": {"uplink.wan-1.status": "up", "uplink.wan-2.status": "up"},
+    }
+    devices = [
+        {"id": d, "driver": "world", "interval": 0.05, "jitter": 0, "allow_writes": True}
+        for d in ("ups-a", "ups-b", "gen-1", "srv-01", "box")
+    ]
+    groups = [
+        {"id": "ups", "kind": "power", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.1},
+        {
+            "id": "uplinks",
+            "kind": "network",
+            "min": 2,
+            "hold": 0.1,
+            "members": ["box:uplink.wan-1.status", "box:uplink.wan-2.status"],
+        },
+    ]
+    hooks = [
+        {
+            "events": ["redundancy.*"],
+            "only": ["uplinks"],
+            "run": hook_script(tmp_path, "wan"),
+            "timeout": 5,
+        }
+    ]
+    site = make_site(tmp_path, devices=devices, groups=groups, hooks=hooks)
+    agent = Agent(site, sinks=[])
+    rec = Recorder(agent)
+    await agent.start()
+    try:
+        await asyncio.sleep(0.4)
+        WORLD["box"]["metrics"]["uplink.wan-2.status"] = "down"
+        ev = await rec.wait("redundancy.degraded", 5)
+        assert ev.device == "uplinks" and ev.severity == "critical"  # below min 2: lost
+        await rec.wait("hook.ok", 5)
+        ran = hook_log(tmp_path, "wan")
+        assert len(ran) == 1 and ran[0]["type"] == "redundancy.degraded"
+        assert json.loads(ran[0]["stdin"])["data"]["down"] == ["box:uplink.wan-2.status"]
+        assert "shutdown.started" not in rec.types()  # network trouble never powers off a rack
+    finally:
+        await agent.stop()

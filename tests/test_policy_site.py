@@ -225,3 +225,38 @@ def test_drill_reports_detect_decide_steps_and_recovery(tmp_path: Path) -> None:
     assert "time to recover (RTO):" in report
     assert (tmp_path / "state" / "drill-journal.sqlite").exists()
     assert not (tmp_path / "state" / "journal.sqlite").exists()  # drills never touch it
+
+
+def test_generator_takes_over_no_shutdown(tmp_path: Path) -> None:
+    """The bundled demo site (NUT, Modbus genset, SNMP PDUs) through `generator-backup`: the
+    generator starts and carries the load, so the plan never starts."""
+    from importlib.resources import files
+
+    text = (files("facility_agent.data") / "demo-site.yaml").read_text()
+    site = yaml.safe_load(text)
+    site["state_dir"] = str(tmp_path / "state")
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "facility_agent.cli",
+            "drill",
+            "-c",
+            str(path),
+            "--scenario",
+            "generator-backup",
+            "--speed",
+            "5",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "time to detect:" in out.stdout
+    assert "no shutdown was started" in out.stdout
+    assert "left out" not in out.stdout  # every device of the demo site has a simulated twin
+    assert "[generator.running] gen-1" in out.stderr
