@@ -210,6 +210,8 @@ class Agent:
             event.type,
             event.message,
             event.id,
+            # journal and JSON log lines carry these as fields (logfmt.py).
+            extra={"device": event.device, "event_id": event.id, "event_type": event.type},
         )
         for sink in self.sinks:
             sink.publish_event(event)

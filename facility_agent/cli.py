@@ -32,12 +32,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_INVALID, f"{self.prog}: error: {message}\n")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, fmt: str | None = None) -> None:
+    from .logfmt import formatter, resolve
+
+    handler = logging.StreamHandler(sys.stderr)
+    # text on a terminal, <priority>-prefixed lines under journald, or JSON (--log-format).
+    handler.setFormatter(formatter(resolve(fmt)))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     if level == "debug":
         logging.getLogger("facility_agent.sinks.mqtt.paho").setLevel(logging.DEBUG)
 
@@ -64,12 +65,14 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _run_agent(site: SiteConfig) -> None:
+async def _run_agent(site: SiteConfig, path: Path) -> None:
     from .agent import Agent
+    from .runtime import run_service
 
     stop = asyncio.Event()
     install_stop_signals(stop)
-    await Agent(site).run(stop)
+    # systemd notify + watchdog, SIGHUP reload and the P/agent/recent summary (runtime.py).
+    await run_service(Agent(site), path, stop)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -77,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if site is None:
         return EXIT_INVALID
     try:
-        asyncio.run(_run_agent(site))
+        asyncio.run(_run_agent(site, Path(args.config)))
     except Exception:
         log.exception("the agent stopped on an unexpected error")
         return EXIT_RUNTIME
@@ -123,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=["auto", "text", "journal", "json"],
+        default=None,
+        help="log lines: auto (journal under systemd, else text), text, journal or json "
+        "[$FACILITY_AGENT_LOG_FORMAT or auto]",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -198,13 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.set_defaults(func=cmd_demo)
+
+    from . import runbook, service, status_cmd
+
+    status_cmd.add_parser(sub)
+    runbook.add_parser(sub)
+    service.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     code: int = args.func(args)
     return code
 

@@ -163,6 +163,12 @@ class MqttSink:
         msg = _Message(f"{self.prefix}/events", orjson.dumps(event.payload()), retain=False)
         self._submit(msg, "event", event.ts.timestamp())
 
+    def publish_retained(self, suffix: str, payload: bytes) -> None:
+        """Queue a retained message on `P/{suffix}` (the agent's summary `P/agent/recent`; an
+        empty payload clears a removed device's retained state)."""
+        msg = _Message(f"{self.prefix}/{suffix}", payload, retain=True)
+        self._submit(msg, "state", time.time())
+
     async def stop(self, timeout: float = 5.0) -> None:
         """Deliver what is queued (until `timeout`), publish `offline` retained, disconnect.
 

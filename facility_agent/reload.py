@@ -1,0 +1,302 @@
+"""Reload on SIGHUP: the changed site file applied to a running agent without a restart.
+
+The new file is validated in full first (`load_site`, then every new or changed driver is
+built); anything wrong and nothing changes: every problem is logged and the running config
+stays. Otherwise only what changed is touched: removed devices are stopped and their retained
+state cleared, changed ones get a new driver and poller (their last state is kept, so a changed
+interval raises no event), added ones start, and the others never notice. The policy engine
+gets the new groups and hooks at once; a new shutdown or recovery plan waits while a plan runs,
+so a running plan is never swapped under its own feet. Sections that shape the outputs (mqtt,
+outbox, influxdb, notify, prometheus, state_dir, site) need a restart: a change there is logged
+and the running settings kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import ConfigError, SiteConfig, load_site
+from .driver import DeviceConfig, Driver
+from .policy.config import PolicyConfig
+from .policy.evaluate import GroupEvaluator, Held
+from .poller import DevicePoller
+from .registry import driver_class
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .policy.engine import PolicyEngine
+
+log = logging.getLogger(__name__)
+
+#: Site file sections only a restart applies (they shape the outputs and the state directory).
+RESTART_SECTIONS = ("site", "state_dir", "mqtt", "outbox", "influxdb", "notify", "prometheus")
+_PLAN_SECTIONS = ("shutdown", "recovery")
+
+
+@dataclass
+class ReloadResult:
+    ok: bool
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    policy: str = "unchanged"  # unchanged | applied | deferred
+    restart_needed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        if not self.ok:
+            return f"reload refused: {len(self.problems)} problem(s); running config kept"
+        parts = [
+            f"{name} {', '.join(ids)}"
+            for name, ids in (
+                ("added", self.added),
+                ("removed", self.removed),
+                ("changed", self.changed),
+            )
+            if ids
+        ]
+        parts.append(f"policy {self.policy}")
+        if self.restart_needed:
+            parts.append(f"needs a restart for: {', '.join(self.restart_needed)} (kept as running)")
+        return "reloaded: " + "; ".join(parts)
+
+
+class Reloader:
+    """Applies a new site file to one running agent; one reload at a time."""
+
+    def __init__(self, agent: Agent, path: Path) -> None:
+        self.agent = agent
+        self.path = path
+        self._lock = asyncio.Lock()
+        self._deferred: asyncio.Task[None] | None = None
+
+    async def reload(self) -> ReloadResult:
+        async with self._lock:
+            return await self._reload()
+
+    async def _reload(self) -> ReloadResult:
+        agent = self.agent
+        try:
+            new = await asyncio.to_thread(load_site, self.path)
+        except ConfigError as exc:
+            for config_problem in exc.problems:
+                log.error("reload refused: %s: %s", exc.source, config_problem)
+            result = ReloadResult(False, problems=[str(p) for p in exc.problems])
+            log.error("%s", result.summary())
+            return result
+        old = agent.config
+        keep = {s: getattr(old, s) for s in RESTART_SECTIONS if getattr(new, s) != getattr(old, s)}
+        for section in keep:
+            log.warning(
+                "reload: the %r section changed; it needs a restart to apply "
+                "(systemctl restart facility-agent): the running settings are kept",
+                section,
+            )
+        new = new.model_copy(update=keep)
+        before = {d.id: d for d in old.devices}
+        after = {d.id: d for d in new.devices}
+        result = ReloadResult(True, restart_needed=list(keep))
+        result.added = [d for d in after if d not in before]
+        result.removed = [d for d in before if d not in after]
+        result.changed = [d for d in after if d in before and after[d] != before[d]]
+
+        # Build every new driver before touching anything: a driver that refuses its config
+        # (a profile that cannot be read ...) refuses the whole reload.
+        built: dict[str, Driver] = {}
+        for device in result.added + result.changed:
+            try:
+                built[device] = driver_class(after[device].driver)(after[device])
+            except Exception as exc:
+                result.problems.append(f"devices.{device}: {exc}")
+        if result.problems:
+            for problem in result.problems:
+                log.error("reload refused: %s: %s", self.path, problem)
+            for driver in built.values():
+                with contextlib.suppress(Exception):
+                    await driver.close()
+            result.ok = False
+            log.error("%s", result.summary())
+            return result
+
+        for device in result.removed + result.changed:
+            await self._stop_device(device, forget=device in result.removed)
+        for device in result.added + result.changed:
+            self._start_device(after[device], built[device])
+        agent.config = new
+        await self._reload_traps(old, new, bool(result.added or result.removed or result.changed))
+        result.policy = await self._reload_policy(old.policy, new.policy)
+        agent._update_alerts()
+        log.info("%s", result.summary())
+        return result
+
+    # -- devices -----------------------------------------------------------------------------
+
+    async def _stop_device(self, device: str, *, forget: bool) -> None:
+        agent = self.agent
+        for task in list(agent._tasks):
+            if task.get_name() == f"poll:{device}":
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                agent._tasks.remove(task)
+        agent.pollers.pop(device, None)
+        driver = agent.drivers.pop(device, None)
+        if driver is not None:
+            try:
+                await asyncio.wait_for(driver.close(), 2.0)
+            except Exception as exc:
+                log.warning("closing %s failed: %s", device, exc)
+        if forget:
+            agent.state.forget(device)
+            agent._last_published.pop(device, None)
+            self._clear_retained(device)
+            log.info("reload: device %s removed", device)
+
+    def _start_device(self, dev: DeviceConfig, driver: Driver) -> None:
+        agent = self.agent
+        agent.drivers[dev.id] = driver
+        declared = getattr(driver, "flag_events", None)
+        if callable(declared):
+            agent.state.declare_flag_events(dev.id, declared())
+        poller = DevicePoller(driver, agent._handle)
+        agent.pollers[dev.id] = poller
+        agent._tasks.append(asyncio.create_task(poller.run(), name=f"poll:{dev.id}"))
+        log.info("reload: device %s (%s) started", dev.id, dev.driver)
+
+    def _clear_retained(self, device: str) -> None:
+        """An empty retained message removes the device's last state from the broker."""
+        for sink in self.agent.sinks:
+            clear = getattr(sink, "publish_retained", None)
+            if callable(clear):
+                clear(f"{device}/state", b"")
+
+    async def _reload_traps(self, old: SiteConfig, new: SiteConfig, devices: bool) -> None:
+        agent = self.agent
+        if old.traps == new.traps and not devices:
+            return
+        if agent.traps is not None:
+            await agent.traps.stop()
+            agent.traps = None
+        if new.traps is not None:
+            await agent._start_traps(new.traps)
+
+    # -- policy ------------------------------------------------------------------------------
+
+    async def _reload_policy(self, old: PolicyConfig, new: PolicyConfig) -> str:
+        agent = self.agent
+        if old == new:
+            return "unchanged"
+        engine = agent.policy
+        if engine is None:
+            if new.active:
+                await self._start_engine()
+            return "applied"
+        if not new.active and not _plan_running(engine):
+            await engine.stop()
+            agent.policy = None
+            return "applied"
+        plan_changed = any(getattr(old, s) != getattr(new, s) for s in _PLAN_SECTIONS)
+        if plan_changed and _plan_running(engine):
+            # Groups, hooks and topology now; the plan sections once the running plan ends.
+            interim = new.model_copy(update={s: getattr(old, s) for s in _PLAN_SECTIONS})
+            self._apply(engine, interim)
+            log.warning(
+                "reload: the shutdown/recovery plan changed while a plan runs: the running plan "
+                "goes on as it was; the new plan applies when it has ended"
+            )
+            if self._deferred is not None:
+                self._deferred.cancel()
+            self._deferred = asyncio.create_task(self._apply_later(engine, new), name="reload")
+            return "deferred"
+        self._apply(engine, new)
+        return "applied"
+
+    async def _apply_later(self, engine: PolicyEngine, new: PolicyConfig) -> None:
+        while _plan_running(engine):  # noqa: ASYNC110 - the engine has no event for it
+            await asyncio.sleep(0.5)
+        if self.agent.policy is engine:
+            self._apply(engine, new)
+            log.warning(
+                "reload: the running plan has ended; the new shutdown/recovery plan applies"
+            )
+
+    def _apply(self, engine: PolicyEngine, new: PolicyConfig) -> None:
+        """Swap the engine's policy in place: group evaluators of unchanged groups (and their
+        debounce history) are kept, so no redundancy event is raised again."""
+        old = engine.policy
+        engine.policy = new
+        groups: dict[str, GroupEvaluator] = {}
+        for group in new.groups:
+            kept = engine.groups.get(group.id)
+            groups[group.id] = (
+                kept if kept is not None and kept.group == group else GroupEvaluator(group)
+            )
+        for gone in set(engine.groups) - set(groups):
+            engine._group_status.pop(gone, None)
+            self.agent.state.forget(f"group-{gone}")
+            self._clear_retained(f"group-{gone}")
+        engine.groups = groups
+        if old.shutdown != new.shutdown:
+            engine._held = _trigger_holds(new)
+            engine._cancel_held = Held(new.shutdown.cancel_after if new.shutdown else 0.0)
+            engine._expected = None
+        if old.recovery != new.recovery:
+            engine._recover_held = Held(new.recovery.stable_for if new.recovery else 0.0)
+
+    async def _start_engine(self) -> None:
+        from .policy.engine import PolicyEngine
+
+        agent = self.agent
+        agent.policy = PolicyEngine(
+            agent.config.site,
+            agent.config.policy,
+            agent.state,
+            agent.drivers,
+            agent.emit,
+            agent._publish_state,
+            agent.config.state_path() / agent.journal_name,
+            dry_run=agent.dry_run,
+            drill=agent.drill,
+        )
+        await agent.policy.start()
+
+    async def close(self) -> None:
+        if self._deferred is not None:
+            self._deferred.cancel()
+            await asyncio.gather(self._deferred, return_exceptions=True)
+
+
+def _plan_running(engine: PolicyEngine) -> bool:
+    return engine.plan_task is not None or engine.recovery_task is not None
+
+
+def _trigger_holds(policy: PolicyConfig) -> dict[str, Held]:
+    """The trigger debouncers, as PolicyEngine builds them for a shutdown section."""
+    sd = policy.shutdown
+    if sd is None:
+        return {}
+    trig = sd.triggers
+    return {
+        "on_battery": Held(trig.on_battery_for or 0.0),
+        "runtime": Held(trig.hold),
+        "low_battery": Held(trig.low_battery.hold if trig.low_battery else 0.0),
+        "fsd": Held(0.0),
+        "generator": Held(trig.generator_not_running.after if trig.generator_not_running else 0.0),
+    }
+
+
+def describe(result: ReloadResult) -> dict[str, Any]:
+    """The reload's outcome for the agent's summary (`P/agent/recent`)."""
+    return {
+        "ok": result.ok,
+        "added": result.added,
+        "removed": result.removed,
+        "changed": result.changed,
+        "policy": result.policy,
+        "restart_needed": result.restart_needed,
+        "problems": result.problems[:20],
+    }
