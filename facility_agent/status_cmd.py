@@ -19,9 +19,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    from .config import MqttConfig
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -359,6 +363,27 @@ def render(site: str, verdict: Verdict, data: Retained) -> None:
             console.print(f"  [{'red' if code == CRITICAL else 'yellow'}]{NAMES[code]}[/] {text}")
 
 
+def _site_and_mqtt(path: str) -> tuple[str, MqttConfig | None] | None:
+    """Only `site:` and `mqtt:` of a site file that does not validate as a whole."""
+    import yaml
+    from pydantic import ValidationError
+
+    from .config import MqttConfig
+    from .secrets import SecretRefError, substitute
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+        site = raw["site"]
+        mqtt = raw.get("mqtt")
+        if mqtt is not None:
+            mqtt = {k: substitute(v, None, Path(path).parent) for k, v in mqtt.items()}
+            return str(site), MqttConfig.model_validate(mqtt)
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError, ValidationError,
+            SecretRefError):  # fmt: skip
+        return None
+    return str(site), None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_site
 
@@ -368,17 +393,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.config:
         try:
             cfg = load_site(args.config)
+            cfg_site, mqtt_cfg = cfg.site, cfg.mqtt
         except ConfigError as exc:
-            print(f"FACILITY UNKNOWN - {exc.render()}")
-            return UNKNOWN
-        site = site or cfg.site
-        if cfg.mqtt is not None:
-            host = host or cfg.mqtt.host
-            port = port or cfg.mqtt.port
-            prefix = prefix or cfg.mqtt.prefix
-            username = cfg.mqtt.username
-            password = cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None
-            tls = cfg.mqtt.tls
+            # A file being edited (or refused by a reload) must not blind the check: its site
+            # id and mqtt section are enough to read the running agent's state.
+            found = _site_and_mqtt(args.config)
+            if found is None:
+                print(f"FACILITY UNKNOWN - {exc.render()}")
+                return UNKNOWN
+            cfg_site, mqtt_cfg = found
+        site = site or cfg_site
+        if mqtt_cfg is not None:
+            host = host or mqtt_cfg.host
+            port = port or mqtt_cfg.port
+            prefix = prefix or mqtt_cfg.prefix
+            username = mqtt_cfg.username
+            password = mqtt_cfg.password.get_secret_value() if mqtt_cfg.password else None
+            tls = mqtt_cfg.tls
     if not site:
         print("FACILITY UNKNOWN - give -c SITE.yaml or --site (and --host/--port)")
         return UNKNOWN

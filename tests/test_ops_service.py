@@ -1,0 +1,245 @@
+"""The service face: the unit file verified by systemd itself, install-service, sd_notify and
+the watchdog observed on a real AF_UNIX datagram socket, and the log formats."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from facility_agent.logfmt import JournalFormatter, JsonFormatter
+from facility_agent.sdnotify import Notifier
+from facility_agent.service import bundled_unit
+from facility_agent.simulators.serve import RunningSimulator
+from tests.fixtures.procs import Proc, require_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+CONSOLE = Path(sys.executable).parent / "facility-agent"
+
+
+class NotifySocket:
+    """What systemd would be: a datagram socket recording (time, message) pairs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.got: list[tuple[float, str]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            for line in data.decode().splitlines():
+                self.got.append((time.monotonic(), line))
+
+    def times(self, message: str) -> list[float]:
+        return [t for t, m in list(self.got) if m == message]
+
+    def wait_for(self, message: str, timeout: float, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.times(message)) >= count:
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{message} x{count} not seen in {timeout} s: {self.got[-10:]}")
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
+    ns = NotifySocket(tmp_path / "notify.sock")
+    yield ns
+    ns.close()
+
+
+def verify(unit: Path) -> subprocess.CompletedProcess[str]:
+    tool = require_binary("systemd-analyze")
+    return subprocess.run(
+        [tool, "verify", "--man=no", str(unit)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_bundled_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    # The shipped unit, with ExecStart pointing at this venv's real console script (verify
+    # checks that the program exists and is executable); every other line as shipped.
+    text = bundled_unit()
+    assert "ExecStart=/usr/local/bin/facility-agent run -c /etc/facility-agent/site.yaml" in text
+    unit = tmp_path / "facility-agent.service"
+    unit.write_text(text.replace("/usr/local/bin/facility-agent", str(CONSOLE)))
+    out = verify(unit)
+    assert out.returncode == 0, out.stderr
+    # systemd only warns (exit 0) about unknown or misspelt keys: no output at all is the bar.
+    assert out.stderr.strip() == "" and out.stdout.strip() == ""
+    for line in (
+        "Type=notify",
+        "WatchdogSec=30s",
+        "Restart=on-failure",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/facility-agent",
+        "PrivateTmp=yes",
+        "NoNewPrivileges=yes",
+        "ProtectHome=yes",
+        "StateDirectory=facility-agent",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE CAP_NET_RAW",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "SupplementaryGroups=dialout",
+    ):
+        assert line in text.splitlines(), line
+
+
+def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
+    """The check above has teeth: a misspelt key is reported."""
+    unit = tmp_path / "facility-agent.service"
+    text = bundled_unit().replace("/usr/local/bin/facility-agent", str(CONSOLE))
+    unit.write_text(text.replace("PrivateTmp=yes", "PrivatTmp=yes"))
+    assert "Unknown key" in verify(unit).stderr
+
+
+def test_install_service_prefix_and_dry_run(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    dry = subprocess.run(
+        [str(CONSOLE), "install-service", "--prefix", str(root), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "would write" in dry.stdout and "systemctl enable --now facility-agent" in dry.stdout
+    assert not root.exists()
+    done = subprocess.run(
+        [str(CONSOLE), "install-service", "--prefix", str(root), "--exec-path", str(CONSOLE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    unit = root / "etc/systemd/system/facility-agent.service"
+    assert f"ExecStart={CONSOLE} run -c /etc/facility-agent/site.yaml" in unit.read_text()
+    assert (root / "etc/facility-agent/site.yaml").exists()
+    assert (root / "var/lib/facility-agent").is_dir()
+    out = verify(unit)
+    assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
+
+
+def test_agent_notifies_ready_watchdog_and_stopping(
+    tmp_path: Path,
+    nut_simulator: RunningSimulator,
+    notify_socket: NotifySocket,
+    procs: Callable[..., Proc],
+) -> None:
+    site = tmp_path / "site.yaml"
+    device = {"id": "ups-a", "driver": "nut", "host": "127.0.0.1"}
+    device |= {"port": nut_simulator.nut_port, "ups": "ups-a", "interval": 1}
+    site.write_text(yaml.safe_dump({"site": "wd", "state_dir": str(tmp_path), "devices": [device]}))
+    agent = procs(
+        [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(site)],
+        tmp_path / "agent.log",
+        # WATCHDOG_USEC 0.4 s: a keep-alive every 0.2 s.
+        env={"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "400000"},
+    )
+    notify_socket.wait_for("READY=1", 20)
+    notify_socket.wait_for("WATCHDOG=1", 10, count=8)
+    beats = notify_socket.times("WATCHDOG=1")
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
+    assert max(gaps) < 1.5, gaps  # generous: two shared cores
+    assert any(m.startswith("STATUS=site wd: 1 device(s)") for _, m in notify_socket.got)
+    agent.stop()
+    notify_socket.wait_for("STOPPING=1", 5)
+    assert agent.popen.returncode == 0, agent.output()
+    ready = notify_socket.times("READY=1")[0]
+    stopping = notify_socket.times("STOPPING=1")[0]
+    assert ready < stopping
+
+
+async def test_hung_loop_stops_the_keepalives(notify_socket: NotifySocket) -> None:
+    notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "200000"})
+    assert notifier.watchdog_interval == pytest.approx(0.1)
+    task = asyncio.create_task(notifier.watchdog())
+    await asyncio.sleep(0.8)
+    hung_at = time.monotonic()
+    # The test hook: the event loop is blocked, as by a hung call.
+    time.sleep(1.5)  # noqa: ASYNC251
+    await asyncio.sleep(0.6)
+    task.cancel()
+    notifier.close()
+    await asyncio.sleep(0.1)
+    beats = notify_socket.times("WATCHDOG=1")
+    before = [b for b in beats if b < hung_at]
+    after = [b for b in beats if b > hung_at]
+    assert len(before) >= 3 and after, beats
+    # Nothing while the loop was blocked: the gap spans the hang (systemd would kill us).
+    assert after[0] - before[-1] >= 1.4
+    assert not [b for b in beats if hung_at + 0.05 < b < hung_at + 1.45]
+
+
+def test_notifier_without_systemd_is_silent() -> None:
+    notifier = Notifier({})
+    assert not notifier.enabled and notifier.watchdog_interval is None
+    assert notifier.send("READY=1") is False
+    # Abstract socket names (`@...`) are understood.
+    assert Notifier({"NOTIFY_SOCKET": "@/org/x"}).address == "\0/org/x"
+    # The watchdog belongs to the main process only.
+    assert Notifier({"WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}).watchdog_interval is None
+
+
+def test_log_formats_carry_device_and_event() -> None:
+    record = logging.LogRecord(
+        "facility_agent.agent", logging.ERROR, "x", 1, "ups-a lost", (), None
+    )
+    record.device = "ups-a"
+    record.event_id = "01JTEST"
+    record.event_type = "device.comm_lost"
+    line = JournalFormatter().format(record)
+    assert line.startswith("<3>ERROR agent: ups-a lost")
+    assert "device=ups-a event=01JTEST type=device.comm_lost" in line
+    body = json.loads(JsonFormatter().format(record))
+    assert body["level"] == "error" and body["device"] == "ups-a" and body["event"] == "01JTEST"
+    assert body["message"] == "ups-a lost" and body["type"] == "device.comm_lost"
+
+
+def test_run_logs_json_when_asked(tmp_path: Path) -> None:
+    """--log-format json: every line of a failing start is one JSON object."""
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump({"site": "js", "state_dir": str(tmp_path), "devices": []}))
+    out = subprocess.run(
+        [str(CONSOLE), "--log-format", "json", "check", "-c", str(site)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0
+    proc = subprocess.Popen(
+        [str(CONSOLE), "--log-format", "json", "run", "-c", str(site)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2.0)
+    proc.terminate()
+    _, err = proc.communicate(timeout=20)
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert lines and all({"ts", "level", "logger", "message"} <= set(x) for x in lines)
+    assert any("started" in x["message"] for x in lines)
