@@ -103,3 +103,28 @@ def test_runbook_of_a_bad_file_lists_its_problems(tmp_path: Path) -> None:
         [str(CONSOLE), "runbook", "-c", str(site)], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 1 and "unknown driver 'nosuch'" in out.stderr
+
+
+def test_reference_is_generated_and_current() -> None:
+    """docs/reference.md cannot drift: it is what the code and profiles say today."""
+    from facility_agent import reference
+
+    text = reference.render()
+    assert (ROOT / "docs" / "reference.md").read_text() == text, (
+        "docs/reference.md is out of date: python -m facility_agent.reference > docs/reference.md"
+    )
+    # Every event type the engine, agent and trap listener raise is in it, and vice versa.
+    sources = "".join(
+        (ROOT / "facility_agent" / f).read_text()
+        for f in ("policy/engine.py", "state.py", "agent.py", "traps.py", "model.py")
+    )
+    for kind, *_ in reference.OTHER_EVENTS:
+        assert f'"{kind}"' in sources, kind
+        assert f"`{kind}`" in text
+    for name in (
+        "power.on_battery",
+        "generator.start_failed",
+        "trap.on_battery",
+        "uplink.{n}.status",
+    ):
+        assert name in text
