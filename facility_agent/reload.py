@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from .config import ConfigError, SiteConfig, load_site
 from .driver import DeviceConfig, Driver
 from .policy.config import PolicyConfig
-from .policy.evaluate import GroupEvaluator, Held
 from .poller import DevicePoller
 from .registry import driver_class
 
@@ -225,27 +224,11 @@ class Reloader:
             )
 
     def _apply(self, engine: PolicyEngine, new: PolicyConfig) -> None:
-        """Swap the engine's policy in place: group evaluators of unchanged groups (and their
-        debounce history) are kept, so no redundancy event is raised again."""
-        old = engine.policy
-        engine.policy = new
-        groups: dict[str, GroupEvaluator] = {}
-        for group in new.groups:
-            kept = engine.groups.get(group.id)
-            groups[group.id] = (
-                kept if kept is not None and kept.group == group else GroupEvaluator(group)
-            )
-        for gone in set(engine.groups) - set(groups):
-            engine._group_status.pop(gone, None)
+        """Swap the engine's policy in place (PolicyEngine.reconfigure); the state and retained
+        topic of a group that is gone are cleared."""
+        for gone in engine.reconfigure(new):
             self.agent.state.forget(f"group-{gone}")
             self._clear_retained(f"group-{gone}")
-        engine.groups = groups
-        if old.shutdown != new.shutdown:
-            engine._held = _trigger_holds(new)
-            engine._cancel_held = Held(new.shutdown.cancel_after if new.shutdown else 0.0)
-            engine._expected = None
-        if old.recovery != new.recovery:
-            engine._recover_held = Held(new.recovery.stable_for if new.recovery else 0.0)
 
     async def _start_engine(self) -> None:
         from .policy.engine import PolicyEngine
@@ -272,21 +255,6 @@ class Reloader:
 
 def _plan_running(engine: PolicyEngine) -> bool:
     return engine.plan_task is not None or engine.recovery_task is not None
-
-
-def _trigger_holds(policy: PolicyConfig) -> dict[str, Held]:
-    """The trigger debouncers, as PolicyEngine builds them for a shutdown section."""
-    sd = policy.shutdown
-    if sd is None:
-        return {}
-    trig = sd.triggers
-    return {
-        "on_battery": Held(trig.on_battery_for or 0.0),
-        "runtime": Held(trig.hold),
-        "low_battery": Held(trig.low_battery.hold if trig.low_battery else 0.0),
-        "fsd": Held(0.0),
-        "generator": Held(trig.generator_not_running.after if trig.generator_not_running else 0.0),
-    }
 
 
 def describe(result: ReloadResult) -> dict[str, Any]:

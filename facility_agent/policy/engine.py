@@ -36,6 +36,22 @@ DRILL_JOURNAL = "drill-journal.sqlite"
 STOP_GRACE = 10.0
 
 
+def trigger_holds(policy: PolicyConfig) -> dict[str, Held]:
+    """One debouncer per trigger of the shutdown section."""
+    sd = policy.shutdown
+    if sd is None:
+        return {}
+    trig = sd.triggers
+    gen = trig.generator_not_running
+    return {
+        "on_battery": Held(trig.on_battery_for or 0.0),
+        "runtime": Held(trig.hold),
+        "low_battery": Held(trig.low_battery.hold if trig.low_battery else 0.0),
+        "fsd": Held(0.0),
+        "generator": Held(gen.after if gen else 0.0),
+    }
+
+
 class PolicyEngine:
     def __init__(
         self,
@@ -80,20 +96,33 @@ class PolicyEngine:
         #: new plan may start meanwhile (the outputs it switched off are not a new outage).
         self.site_down = False
         sd = policy.shutdown
-        trig = sd.triggers if sd else None
-        self._held: dict[str, Held] = {}
-        if trig is not None:
-            self._held = {
-                "on_battery": Held(trig.on_battery_for or 0.0),
-                "runtime": Held(trig.hold),
-                "low_battery": Held(trig.low_battery.hold if trig.low_battery else 0.0),
-                "fsd": Held(0.0),
-                "generator": Held(
-                    trig.generator_not_running.after if trig.generator_not_running else 0.0
-                ),
-            }
+        self._held: dict[str, Held] = trigger_holds(policy)
         self._cancel_held = Held(sd.cancel_after if sd else 0.0)
         self._recover_held = Held(policy.recovery.stable_for if policy.recovery else 0.0)
+
+    def reconfigure(self, new: PolicyConfig) -> list[str]:
+        """Swap in a reloaded policy: evaluators of unchanged groups keep their debounce
+        history (no redundancy event is raised again), trigger and recovery timers restart only
+        where their section changed. Returns the ids of groups that are gone."""
+        old = self.policy
+        self.policy = new
+        groups: dict[str, GroupEvaluator] = {}
+        for group in new.groups:
+            kept = self.groups.get(group.id)
+            groups[group.id] = (
+                kept if kept is not None and kept.group == group else GroupEvaluator(group)
+            )
+        gone = sorted(set(self.groups) - set(groups))
+        for group_id in gone:
+            self._group_status.pop(group_id, None)
+        self.groups = groups
+        if old.shutdown != new.shutdown:
+            self._held = trigger_holds(new)
+            self._cancel_held = Held(new.shutdown.cancel_after if new.shutdown else 0.0)
+            self._expected = None
+        if old.recovery != new.recovery:
+            self._recover_held = Held(new.recovery.stable_for if new.recovery else 0.0)
+        return gone
 
     # -- life cycle -------------------------------------------------------------------------
 
