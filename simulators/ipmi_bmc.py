@@ -20,7 +20,7 @@ import logging
 import struct
 import threading
 import time
-from collections.abc import Iterable
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +110,7 @@ def _psu_bits(server: Server, index: int) -> int:
 
 def _make_bmc_class() -> type[Any]:
     """pyghmi's Bmc with our handlers; built on first use so importing needs no pyghmi."""
+    _anchor_io_thread()
     from pyghmi.ipmi import bmc as pbmc
     from pyghmi.ipmi.private import serversession
 
@@ -231,11 +232,20 @@ def _make_bmc_class() -> type[Any]:
             st.next_id += 1
             st.last_add = ts
 
-        def handle_raw_request(self, request: dict[str, Any], session: Any) -> None:
+        def handle_raw_request(self, request: dict[str, Any], session: Any) -> Any:
             if not self.standby:
                 return  # no standby power, no BMC
             if self.faults.delay:
-                time.sleep(self.faults.delay)
+                # Answer later from a timer, so one slow BMC does not hold up the others.
+                threading.Timer(self.faults.delay, self._late, (request, session)).start()
+                return None
+            return self._answer(request, session)
+
+        def _late(self, request: dict[str, Any], session: Any) -> None:
+            with contextlib.suppress(OSError):  # the face may have stopped meanwhile
+                self._answer(request, session)
+
+        def _answer(self, request: dict[str, Any], session: Any) -> Any:
             netfn, cmd, data = request["netfn"], request["command"], bytes(request["data"])
             try:
                 if netfn == 0x0A:
@@ -246,10 +256,14 @@ def _make_bmc_class() -> type[Any]:
                 return session.send_ipmi_response(code=0xC7)  # request data length invalid
             super().handle_raw_request(request, session)
 
-        def _storage(self, cmd: int, data: bytes, session: Any) -> None:
+        def _storage(self, cmd: int, data: bytes, session: Any) -> Any:
             if cmd == 0x20:  # Get SDR Repository Info
-                n = len(self.sdr_records())
-                rsp = bytes([0x51]) + struct.pack("<HHII", n, 0xFFFF, 0, 0) + bytes([0x02])
+                records = self.sdr_records()
+                # The "most recent addition" stamp changes with the content: pyghmi caches
+                # SDRs process-wide by device id, firmware and this stamp.
+                stamp = zlib.crc32(b"".join(records) + self.server.name.encode())
+                rsp = bytes([0x51]) + struct.pack("<HHII", len(records), 0xFFFF, stamp, 0)
+                rsp += bytes([0x02])
                 return session.send_ipmi_response(data=list(rsp))
             if cmd in (0x22, 0x42):  # Reserve SDR repository / SEL
                 return session.send_ipmi_response(data=[0x01, 0x00])
@@ -292,7 +306,7 @@ def _make_bmc_class() -> type[Any]:
                 return session.send_ipmi_response(data=list(struct.pack("<I", int(time.time()))))
             return session.send_ipmi_response(code=0xC1)
 
-        def _sensor(self, cmd: int, data: bytes, session: Any) -> None:
+        def _sensor(self, cmd: int, data: bytes, session: Any) -> Any:
             if cmd == 0x2D:  # Get Sensor Reading
                 value = self.reading(data[0])
                 if value is None:
@@ -365,6 +379,7 @@ class IpmiFace:
             bmc = cls(self, server, self._wanted[name])
             self.bmcs[name] = bmc
             self.ports[name] = bmc.port
+        _wake_io_thread()
         self._thread = threading.Thread(target=self._serve, name="sim-ipmi", daemon=True)
         self._thread.start()
         self._observer = asyncio.create_task(self._observe(), name="sim-ipmi-sel")
@@ -403,7 +418,7 @@ class IpmiFace:
         return f
 
 
-def _close_sockets(bmcs: Iterable[Any]) -> None:
+def _close_sockets(bmcs: list[Any]) -> None:
     """Take the BMCs' sockets out of pyghmi's I/O loop first, then close them."""
     from pyghmi.ipmi.private import session as ps
 
@@ -412,8 +427,42 @@ def _close_sockets(bmcs: Iterable[Any]) -> None:
         with contextlib.suppress(ValueError):
             ps.iosockets.remove(sock)
         ps.Session.bmc_handlers.pop(sock, None)
-    with contextlib.suppress(Exception):
-        ps.iosockets[0].sendto(b"\x01", (ps.myself, ps.iosockets[0].getsockname()[1]))
+    # Client sessions of these BMCs too: a later BMC on the same port would inherit them.
+    mine = set(map(id, bmcs))
+    for addr, by_port in list(ps.Session.bmc_handlers.items()):
+        if not isinstance(by_port, dict):
+            continue
+        for port, sess in list(by_port.items()):
+            if id(getattr(sess, "bmc", None)) in mine:
+                del by_port[port]
+        if not by_port:
+            ps.Session.bmc_handlers.pop(addr, None)
+    _wake_io_thread()
     time.sleep(0.05)
     for sock in socks:
         sock.close()
+
+
+_ANCHOR: list[Any] = []
+
+
+def _anchor_io_thread() -> None:
+    """Give pyghmi's I/O thread a socket of its own before any BMC socket exists.
+
+    pyghmi wakes its select() by writing to `iosockets[0]`; if that were a BMC socket, closing
+    the BMC would leave the thread asleep on a dead descriptor and deaf to every later BMC."""
+    from pyghmi.ipmi.private import session as ps
+
+    if not _ANCHOR:
+        if ps.Session.socketchecking is None:
+            ps.Session.socketchecking = threading.Lock()
+        with ps.Session.socketchecking:
+            _ANCHOR.append(ps.Session._assignsocket())
+
+
+def _wake_io_thread() -> None:
+    """pyghmi only selects on the sockets it had when it went to sleep (up to 300 s)."""
+    from pyghmi.ipmi.private import session as ps
+
+    with contextlib.suppress(Exception):
+        ps.iosockets[0].sendto(b"\x01", (ps.myself, ps.iosockets[0].getsockname()[1]))
