@@ -170,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ipmi-port",
         type=int,
-        default=6230,
-        help="IPMI (RMCP+) UDP port of the first simulated server's BMC, the next servers on the "
-        "next ports; 0 = any free",
+        default=None,
+        help="serve every simulated server's BMC over IPMI (RMCP+): UDP port of the first one, "
+        "the next servers on the next ports (e.g. 6230); 0 = any free; default: no IPMI face",
     )
     p.add_argument(
         "--snmp-trap-target",
