@@ -44,6 +44,9 @@ Privilege = Literal["user", "operator", "administrator"]
 _PRIV_LEVEL = {"user": 2, "operator": 3, "administrator": 4}
 
 #: Power actions the policy engine can call, and the chassis state each one ends in.
+#: How long an action waits for a sensor poll in flight on the same BMC before it gives up.
+ACTION_WAIT = 30.0
+
 POWER_ACTIONS: dict[str, str] = {
     "power_on": "on",
     "soft_off": "off",
@@ -353,10 +356,27 @@ class IpmiDriver(Driver):
         """The events this driver's status flags mean (read by the agent's site state)."""
         return [dict(e) for e in FLAG_EVENTS]
 
-    async def _call(self, fn: Callable[[], T], doing: str, timeout: float | None = None) -> T:
-        """Run `fn` on this BMC's thread under a deadline; any failure drops the session."""
-        if self._busy is not None and not self._busy.done():
-            raise DeviceTimeout(f"{self.where}: still busy with an earlier request ({doing})")
+    async def _call(
+        self, fn: Callable[[], T], doing: str, timeout: float | None = None, wait: float = 0.0
+    ) -> T:
+        """Run `fn` on this BMC's thread under a deadline; any failure drops the session.
+
+        A poll finding the thread busy fails at once (the next poll comes soon); an action
+        (`wait` > 0) waits that long for the request in flight, since a shutdown step must not
+        fail because a sensor poll happened to be running.
+        """
+        busy = self._busy
+        if busy is not None and not busy.done():
+            if wait <= 0:
+                raise DeviceTimeout(f"{self.where}: still busy with an earlier request ({doing})")
+            try:
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(busy)), wait)
+            except TimeoutError:
+                raise DeviceTimeout(
+                    f"{self.where}: still busy with an earlier request after {wait:g} s ({doing})"
+                ) from None
+            except Exception:
+                pass  # the earlier request failed on its own; this one may still succeed
         bmc = self._bmc
 
         def guarded() -> T:
@@ -414,7 +434,9 @@ class IpmiDriver(Driver):
         return list(POWER_ACTIONS)
 
     async def power_state(self) -> str:
-        return await self._call(self._bmc.power_state, "reading the power state", 10.0)
+        return await self._call(
+            self._bmc.power_state, "reading the power state", 10.0, wait=ACTION_WAIT
+        )
 
     async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
         """Power `power_on`, `soft_off`, `hard_off` (= `power_off`) or `power_cycle`, verified.
@@ -445,12 +467,16 @@ class IpmiDriver(Driver):
                 return await self._cycle(deadline_s, started)
             if await self.power_state() == POWER_ACTIONS[action]:
                 return f"{self.where} already {POWER_ACTIONS[action]}; nothing sent"
-            await self._call(lambda: self._bmc.set_power(_PYGHMI_POWER[action]), action, 10.0)
+            await self._call(
+                lambda: self._bmc.set_power(_PYGHMI_POWER[action]), action, 10.0, wait=ACTION_WAIT
+            )
             if await self._wait_state(POWER_ACTIONS[action], deadline_s):
                 took = time.monotonic() - started
                 return f"{action}: {self.where} is {POWER_ACTIONS[action]} after {took:.1f} s"
             if action == "soft_off" and fallback == "hard_off":
-                await self._call(lambda: self._bmc.set_power("off"), "hard_off", 10.0)
+                await self._call(
+                    lambda: self._bmc.set_power("off"), "hard_off", 10.0, wait=ACTION_WAIT
+                )
                 if await self._wait_state("off", 30.0):
                     return (
                         f"soft_off: the OS did not shut down within {deadline_s:g} s; "
@@ -464,10 +490,12 @@ class IpmiDriver(Driver):
     async def _cycle(self, deadline_s: float, started: float) -> str:
         """Off (hard) then on; a server that is off is simply turned on."""
         if await self.power_state() == "on":
-            await self._call(lambda: self._bmc.set_power("off"), "power_cycle", 10.0)
+            await self._call(
+                lambda: self._bmc.set_power("off"), "power_cycle", 10.0, wait=ACTION_WAIT
+            )
             if not await self._wait_state("off", deadline_s):
                 raise ActionError(f"device {self.cfg.id}: {self.where} did not turn off")
-        await self._call(lambda: self._bmc.set_power("on"), "power_cycle", 10.0)
+        await self._call(lambda: self._bmc.set_power("on"), "power_cycle", 10.0, wait=ACTION_WAIT)
         if not await self._wait_state("on", deadline_s):
             raise ActionError(f"device {self.cfg.id}: {self.where} did not turn back on")
         return f"power_cycle: {self.where} is on again after {time.monotonic() - started:.1f} s"

@@ -260,3 +260,112 @@ def test_generator_takes_over_no_shutdown(tmp_path: Path) -> None:
     assert "no shutdown was started" in out.stdout
     assert "left out" not in out.stdout  # every device of the demo site has a simulated twin
     assert "[generator.running] gen-1" in out.stderr
+
+
+async def test_generator_fails_servers_off_over_ipmi_ups_last_then_recovered(
+    tmp_path: Path, make_simulator: Any, procs: Callable[..., Proc]
+) -> None:
+    """The issue's main story on the simulated site, agent as its own process (so pyghmi's
+    client and the simulated BMCs never share one): the generator will not crank, the plan
+    starts in time, the servers are shut down over IPMI (soft, verified), the UPS units get
+    `shutdown.return` last, all before the batteries run out; power back -> servers on again."""
+    sim = await make_simulator(speed=4, ipmi_port=0)
+    ports = sim.info.ports
+    servers = ["srv-01", "srv-02"]
+    devices: list[dict[str, Any]] = [
+        {
+            "id": u,
+            "driver": "nut",
+            "host": "127.0.0.1",
+            "port": sim.nut_port,
+            "ups": u,
+            "interval": 0.25,
+            "username": "admin",
+            "password": "adminpass",
+            "allow_writes": True,
+        }
+        for u in ("ups-a", "ups-b")
+    ]
+    devices += [
+        {
+            "id": s,
+            "driver": "ipmi",
+            "host": "127.0.0.1",
+            "port": ports[f"ipmi:{s}"],
+            "username": "admin",
+            "password": "adminpass",
+            "interval": 1,
+            "allow_writes": True,
+        }
+        for s in servers
+    ]
+    site = {
+        "site": "lab1",
+        "state_dir": str(tmp_path / "state"),
+        "devices": devices,
+        "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
+        "shutdown": {
+            "group": "ups",
+            "triggers": {"on_battery_for": 1, "hold": 0.2, "runtime_margin": None},
+            "stages": [
+                {
+                    "name": "servers",
+                    "steps": [
+                        {
+                            "device": s,
+                            "action": "soft_off",
+                            "undo": "power_on",
+                            "params": {"timeout": "30", "fallback": "hard_off"},
+                            "timeout": 60,
+                        }
+                        for s in servers
+                    ],
+                },
+                {
+                    "name": "ups",
+                    "no_return": True,
+                    "steps": [
+                        {"device": u, "action": "shutdown.return"} for u in ("ups-a", "ups-b")
+                    ],
+                },
+            ],
+        },
+        "recovery": {"stable_for": 1, "min_charge": 0, "retries": 3, "stages": []},
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site))
+    agent = procs(
+        [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(path)], tmp_path / "agent.log"
+    )
+    await asyncio.sleep(3)
+    sim.inject("generator.crank_fail")
+    sim.inject("utility.fail")
+    await until(lambda: journal_state(tmp_path) == "completed", 60, "the plan")
+    for s in servers:
+        assert sim.site.servers[s].state == "off", s
+    for u in ("ups-a", "ups-b"):
+        ups = sim.site.ups[u]
+        assert ups.shutdown_kind == "return"
+        assert ups.charge > 50  # finished with battery to spare
+    db = tmp_path / "state" / "journal.sqlite"
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT stage, label, state, started, ended FROM steps").fetchall()
+    server_end = max(r[4] for r in rows if r[0] == 0)
+    ups_start = min(r[3] for r in rows if r[0] == 1)
+    assert all(r[2] == "done" for r in rows), rows
+    assert ups_start >= server_end  # the UPS units last
+    sim.inject("utility.restore")
+
+    def recovered() -> bool:
+        with sqlite3.connect(db) as con:
+            row = con.execute(
+                "SELECT state FROM runs WHERE kind='recovery' ORDER BY id DESC"
+            ).fetchone()
+        return row is not None and row[0] == "completed"
+
+    await until(recovered, 90, "recovery")
+    for s in servers:
+        assert sim.site.servers[s].state in ("booting", "on"), s  # chassis on, OS coming up
+    assert "soft_off: " in agent.output()
+    agent.signal(signal.SIGTERM)
+    assert agent.popen.wait(15) == 0
