@@ -165,12 +165,15 @@ async def run_drill(
             Mark(step.do, time.monotonic(), applied.time, step.target, getattr(step, "note", None))
         )
 
+    has_ipmi = any(d.driver == "ipmi" for d in site.devices)
     options = SimulatorOptions(
         scenario=scenario,
         speed=speed,
         nut_port=nut_port,
         modbus_port=0,
         snmp_port=0,
+        # Every simulated server gets a BMC of its own: only when the site has IPMI devices.
+        ipmi_port=0 if has_ipmi else None,
         on_step=on_step,
     )
     async with RunningSimulator(options) as sim:
