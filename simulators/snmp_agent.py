@@ -54,6 +54,8 @@ IF_ENTRY = (1, 3, 6, 1, 2, 1, 2, 2, 1)
 UPS_TRAP_ON_BATTERY = (1, 3, 6, 1, 2, 1, 33, 2, 0, 1)
 LINK_DOWN = (1, 3, 6, 1, 6, 3, 1, 1, 5, 3)
 LINK_UP = (1, 3, 6, 1, 6, 3, 1, 1, 5, 4)
+#: PowerNet-MIB rack ATS traps (TRAP-TYPE ENTERPRISE apc, i.e. enterprises.318.0.N).
+ATS_SOURCE_SWITCHED, ATS_LOST_REDUNDANCY, ATS_REDUNDANCY_RESTORED = 126, 127, 128
 
 
 class BadPacket(ValueError):
@@ -424,6 +426,15 @@ def _pdu_agent(face: SnmpAgentFace, name: str, outlets: int) -> Agent:
     return a
 
 
+def _ats_source_ok(site: SimulatedSite, src: int) -> bool:
+    """Source A (1) is the utility; source B (2) the generator, healthy while it runs or stands
+    ready to start."""
+    if src == 1:
+        return bool(site.utility.up)
+    gen = site.generator
+    return gen is not None and gen.state != "fault"
+
+
 def _ats_agent(face: SnmpAgentFace) -> Agent:
     site = face.site
     assert site.ats is not None
@@ -433,12 +444,10 @@ def _ats_agent(face: SnmpAgentFace) -> Agent:
     t = APC_ATS
 
     def a_ok(r: _Read) -> bool:
-        return r.site.utility.up
+        return _ats_source_ok(r.site, 1)
 
     def b_ok(r: _Read) -> bool:
-        # Source B is the generator: healthy while it runs or stands ready to start.
-        gen = r.site.generator
-        return gen is not None and gen.state != "fault"
+        return _ats_source_ok(r.site, 2)
 
     def volts(r: _Read, src: int) -> float:
         if src == 1:
@@ -689,6 +698,7 @@ class SnmpAgentFace:
             "lb": {n: u.low_battery for n, u in s.ups.items()},
             "pdu": {n: p.live for n, p in s.pdus.items()},
             "link": {n: u.up for n, u in s.uplinks.items()},
+            "ats": ((s.ats.source, _ats_source_ok(s, 1), _ats_source_ok(s, 2)) if s.ats else None),
         }
 
     async def _watch(self) -> None:
@@ -734,6 +744,8 @@ class SnmpAgentFace:
                             (_MTRAP_STRING, (OCTETS, f"{pdu} outlet {outlet}")),
                         ],
                     )
+        if now["ats"] is not None and before.get("ats") is not None:
+            self._ats_traps(before["ats"], now["ats"])
         links = list(self.site.uplinks)
         for link, up in now["link"].items():
             if up != before["link"].get(link):
@@ -746,6 +758,33 @@ class SnmpAgentFace:
                         ((*IF_ENTRY, 8, i), (INTEGER, 1 if up else 2)),
                     ],
                 )
+
+    def _ats_traps(self, before: tuple[str, bool, bool], now: tuple[str, bool, bool]) -> None:
+        """PowerNet-MIB's rack ATS traps: a source lost while both were fine (lost redundancy),
+        both fine again (redundancy restored), a transfer (source switched). Arguments as the
+        MIB defines them: mtrapargsInteger = the source (0 = A, 1 = B), mtrapargsString02 = its
+        name, mtrapargsString = a text."""
+        name = self.site.ats.name if self.site.ats else "ats"
+
+        def send(code: int, src: int, text: str) -> None:
+            label = "Source A" if src == 0 else "Source B"
+            self.send_trap(
+                (*APC_TRAPS, code),
+                [
+                    (_MTRAP_INTEGER, (INTEGER, src)),
+                    (_MTRAP_STRING02, (OCTETS, label)),
+                    (_MTRAP_STRING, (OCTETS, f"{name}: {text} ({label})")),
+                ],
+            )
+
+        was_a, was_b = before[1], before[2]
+        is_a, is_b = now[1], now[2]
+        if was_a and was_b and not (is_a and is_b):
+            send(ATS_LOST_REDUNDANCY, 0 if not is_a else 1, "lost redundancy")
+        elif is_a and is_b and not (was_a and was_b):
+            send(ATS_REDUNDANCY_RESTORED, 0 if not was_a else 1, "redundancy restored")
+        if now[0] != before[0]:
+            send(ATS_SOURCE_SWITCHED, 0 if now[0] == "utility" else 1, "switched source")
 
     def send_trap(self, trap_oid: Oid, varbinds: list[tuple[Oid, Value]]) -> None:
         """An SNMPv2c trap to every configured receiver, from the agents' own port."""
@@ -764,3 +803,5 @@ class SnmpAgentFace:
 #: PowerNet-MIB trap arguments (mtrapargsInteger.0, mtrapargsString.0).
 _MTRAP_INTEGER = (1, 3, 6, 1, 4, 1, 318, 2, 3, 1, 0)
 _MTRAP_STRING = (1, 3, 6, 1, 4, 1, 318, 2, 3, 3, 0)
+#: mtrapargsString02.0 (mtrapargs 10).
+_MTRAP_STRING02 = (1, 3, 6, 1, 4, 1, 318, 2, 3, 10, 0)

@@ -231,6 +231,61 @@ async def test_snmptrapd_receives_the_simulators_traps(
     assert ".1.3.6.1.6.3.1.1.5.3" in text  # linkDown of wan-2
 
 
+async def test_simulated_ats_sends_powernet_traps_to_snmptrapd_and_our_listener(
+    make_simulator: Callable[..., Awaitable[RunningSimulator]], snmptrapd: Snmptrapd
+) -> None:
+    """Utility lost: atsLostRedundancy (source A), then atsSourceSwitched to B once the
+    generator carries the load; utility back: atsRedundancyRestored, then switched back to A.
+    PowerNet-MIB: enterprises.318.0.126/127/128, mtrapargsInteger 0 = A, 1 = B."""
+    events: list[Event] = []
+    polled: list[str] = []
+    port = free_port(__import__("socket").SOCK_DGRAM)
+    config = TrapsConfig(listen=f"127.0.0.1:{port}")
+    devices = [
+        SnmpDevice("ups-a", "127.0.0.1", "ups-mib"),
+        SnmpDevice("ats-1", "127.0.0.1", "apc-rats"),
+    ]
+    listener = TrapListener(config, "lab", devices, events.append, polled.append)
+    await listener.start()
+    try:
+        sim = await make_simulator(
+            nut_port=None,
+            snmp_port=0,
+            snmp_trap_targets=[("127.0.0.1", snmptrapd.port), ("127.0.0.1", port)],
+            tick=0.05,
+            speed=20,
+        )
+        ats = ".1.3.6.1.4.1.318.0."
+        sim.inject("utility.fail")
+        await sim.wait_for(lambda s: s.ats is not None and s.ats.source == "generator", 10)
+        await _wait(lambda: sum(ats + "12" in line for line in snmptrapd.lines()) >= 2)
+        sim.inject("utility.restore")
+        await sim.wait_for(lambda s: s.ats is not None and s.ats.source == "utility", 10)
+        await _wait(lambda: sum(ats + "12" in line for line in snmptrapd.lines()) >= 4)
+        await _wait(lambda: len([e for e in events if e.device == "ats-1"]) >= 4)
+    finally:
+        await listener.stop()
+    got = [
+        (line.split(ats, 1)[1].split()[0], line) for line in snmptrapd.lines() if ats + "12" in line
+    ]
+    assert [code for code, _ in got] == ["127", "126", "128", "126"]
+    lost, to_b, restored, to_a = (line for _, line in got)
+    assert ".1.3.6.1.4.1.318.2.3.1.0 = INTEGER: 0" in lost  # source A is gone
+    assert '.1.3.6.1.4.1.318.2.3.10.0 = STRING: "Source B"' in to_b
+    assert ".1.3.6.1.4.1.318.2.3.1.0 = INTEGER: 0" in restored and "Source A" in to_a
+    ats_events = [e for e in events if e.device == "ats-1"]
+    assert [e.type for e in ats_events] == [
+        "trap.redundancy_lost",
+        "trap.ats_source_switched",
+        "trap.redundancy_restored",
+        "trap.ats_source_switched",
+    ]
+    assert ats_events[0].severity == "warning" and ats_events[2].severity == "info"
+    assert ats_events[1].data["varbinds"]["1.3.6.1.4.1.318.2.3.1.0"] == "1"  # now on B
+    assert ats_events[0].data["trap"] == "atsLostRedundancy"
+    assert "ats-1" in polled
+
+
 async def test_agent_turns_simulator_traps_into_events_and_polls_at_once(
     make_simulator: Callable[..., Awaitable[RunningSimulator]],
 ) -> None:
