@@ -3,6 +3,7 @@ and line, all problems at once, never a traceback, never a secret."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -177,5 +178,24 @@ def test_check_command_exit_codes(tmp_path: Path) -> None:
 
 def test_bundled_example_site_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
-    result = _cli("check", "-c", str(root / "config" / "site.example.yaml"))
+    example = str(root / "config" / "site.example.yaml")
+    secrets = {"INFLUX_TOKEN": "t", "MATRIX_PW": "m", "SMTP_PW": "s", "NUT_PASSWORD": "n"}
+    result = subprocess.run(
+        [sys.executable, "-m", "facility_agent.cli", "check", "-c", example],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **secrets},
+    )
     assert result.returncode == 0, result.stderr
+    # Without the secrets it names each missing variable, and only its name.
+    bare = {k: v for k, v in os.environ.items() if k not in secrets}
+    missing = subprocess.run(
+        [sys.executable, "-m", "facility_agent.cli", "check", "-c", example],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=bare,
+    )
+    assert missing.returncode == 1
+    assert "environment variable INFLUX_TOKEN is not set" in missing.stderr
