@@ -82,17 +82,7 @@ class Agent:
         for sink in self.sinks:
             await sink.start()
         if self.config.policy.active:
-            self.policy = PolicyEngine(
-                self.config.site,
-                self.config.policy,
-                self.state,
-                self.drivers,
-                self.emit,
-                self._publish_state,
-                self.config.state_path() / self.journal_name,
-                dry_run=self.dry_run,
-                drill=self.drill,
-            )
+            self.policy = self.new_policy_engine()
             await self.policy.start()
         for poller in self.pollers.values():
             self._tasks.append(asyncio.create_task(poller.run(), name=f"poll:{poller.device}"))
@@ -104,6 +94,20 @@ class Agent:
             self.config.site,
             len(self.drivers),
             len(self.sinks),
+        )
+
+    def new_policy_engine(self) -> PolicyEngine:
+        """The policy engine for the current config, journaling under the state directory."""
+        return PolicyEngine(
+            self.config.site,
+            self.config.policy,
+            self.state,
+            self.drivers,
+            self.emit,
+            self._publish_state,
+            self.config.state_path() / self.journal_name,
+            dry_run=self.dry_run,
+            drill=self.drill,
         )
 
     async def stop(self, timeout: float = 5.0) -> None:

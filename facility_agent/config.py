@@ -31,13 +31,7 @@ from .output_config import (
     OutboxConfig,
     PrometheusConfig,
 )
-from .policy.config import (
-    GroupConfig,
-    HookConfig,
-    PolicyConfig,
-    RecoveryConfig,
-    ShutdownConfig,
-)
+from .policy.config import PolicyConfig
 from .registry import driver_classes
 from .secrets import SecretRefError, substitute
 from .units import Duration, Identifier
@@ -137,7 +131,7 @@ class TrapsConfig(_Section):
         return host.strip("[]"), int(port)
 
 
-class SiteConfig(_Section):
+class SiteConfig(PolicyConfig):
     site: Identifier
     #: Where the agent keeps what must survive a restart (plan journal, outbox). Default:
     #: $STATE_DIRECTORY (systemd), else /var/lib/facility-agent when writable, else
@@ -153,22 +147,12 @@ class SiteConfig(_Section):
     notify: list[NotifyRoute] | None = None
     #: The durable outbox under MQTT, InfluxDB and chat (output_config.py).
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
-    # The policy: what feeds what, which redundancy must hold, and what to do when it does not.
-    topology: dict[str, list[str]] = Field(default_factory=dict)
-    groups: list[GroupConfig] = Field(default_factory=list)
-    hooks: list[HookConfig] = Field(default_factory=list)
-    shutdown: ShutdownConfig | None = None
-    recovery: RecoveryConfig | None = None
+    # The policy keys (topology, groups, hooks, shutdown, recovery) come from PolicyConfig.
 
     @property
     def policy(self) -> PolicyConfig:
-        return PolicyConfig(
-            topology=self.topology,
-            groups=self.groups,
-            hooks=self.hooks,
-            shutdown=self.shutdown,
-            recovery=self.recovery,
-        )
+        """Just the policy part, as the engine reads it."""
+        return PolicyConfig(**{name: getattr(self, name) for name in PolicyConfig.model_fields})
 
     def state_path(self) -> Path:
         """The state directory, created if needed."""

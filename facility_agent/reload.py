@@ -231,20 +231,8 @@ class Reloader:
             self._clear_retained(f"group-{gone}")
 
     async def _start_engine(self) -> None:
-        from .policy.engine import PolicyEngine
-
         agent = self.agent
-        agent.policy = PolicyEngine(
-            agent.config.site,
-            agent.config.policy,
-            agent.state,
-            agent.drivers,
-            agent.emit,
-            agent._publish_state,
-            agent.config.state_path() / agent.journal_name,
-            dry_run=agent.dry_run,
-            drill=agent.drill,
-        )
+        agent.policy = agent.new_policy_engine()
         await agent.policy.start()
 
     async def close(self) -> None:

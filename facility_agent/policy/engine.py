@@ -485,11 +485,15 @@ class PolicyEngine:
     def _plan_step(self, outcome: StepOutcome) -> None:
         sd = self.policy.shutdown
         assert sd is not None
+        self._step_event("shutdown.step", sd.group, outcome)
+
+    def _step_event(self, kind: str, device: str, outcome: StepOutcome) -> None:
+        """`shutdown.step` / `recovery.step`: one per step, with its outcome and duration."""
         self._emit(
-            sd.group,
-            "shutdown.step",
+            device,
+            kind,
             Severity.INFO if outcome.ok else Severity.WARNING,
-            f"shutdown step {outcome.label}: {outcome.detail}",
+            f"{kind.split('.')[0]} step {outcome.label}: {outcome.detail}",
             stage=outcome.stage,
             step=outcome.step,
             ok=outcome.ok,
@@ -589,16 +593,7 @@ class PolicyEngine:
             )
 
     def _recovery_step(self, outcome: StepOutcome) -> None:
-        self._emit(
-            self.site,
-            "recovery.step",
-            Severity.INFO if outcome.ok else Severity.WARNING,
-            f"recovery step {outcome.label}: {outcome.detail}",
-            stage=outcome.stage,
-            step=outcome.step,
-            ok=outcome.ok,
-            duration=round(outcome.duration, 3),
-        )
+        self._step_event("recovery.step", self.site, outcome)
 
     # -- helpers -----------------------------------------------------------------------------
 
