@@ -49,6 +49,13 @@ def write_site(path: Path, broker: Broker, nut_port: int) -> Path:
     return path
 
 
+def start_agent(tmp_path: Path, broker: Broker, nut_port: int, procs: Callable[..., Proc]) -> Proc:
+    """`facility-agent run` on a site file for the simulator's two UPS units, as its own process."""
+    site = write_site(tmp_path / "site.yaml", broker, nut_port)
+    argv = [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(site)]
+    return procs(argv, tmp_path / "agent.log")
+
+
 async def wait_for(
     col: Collector, check: Callable[[list[Received]], bool], timeout: float
 ) -> float:
@@ -85,12 +92,8 @@ async def test_utility_outage_end_to_end(
     mqtt_subscribe: Callable[..., Collector],
     procs: Callable[..., Proc],
 ) -> None:
-    site = write_site(tmp_path / "site.yaml", mosquitto_broker, nut_simulator.nut_port)
     col = mqtt_subscribe(mosquitto_broker, "facility/lab1/#")
-    agent = procs(
-        [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(site)],
-        tmp_path / "agent.log",
-    )
+    agent = start_agent(tmp_path, mosquitto_broker, nut_simulator.nut_port, procs)
     await wait_for(col, state_has("ups-a", "OL"), 20)
     await wait_for(col, state_has("ups-b", "OL"), 5)
     status = retained(mosquitto_broker, "facility/lab1/agent/status")
@@ -133,12 +136,8 @@ async def test_comm_loss_and_restore_end_to_end(
     mqtt_subscribe: Callable[..., Collector],
     procs: Callable[..., Proc],
 ) -> None:
-    site = write_site(tmp_path / "site.yaml", mosquitto_broker, nut_simulator.nut_port)
     col = mqtt_subscribe(mosquitto_broker, "facility/lab1/#")
-    agent = procs(
-        [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(site)],
-        tmp_path / "agent.log",
-    )
+    agent = start_agent(tmp_path, mosquitto_broker, nut_simulator.nut_port, procs)
     await wait_for(col, state_has("ups-b", "OL"), 20)
     nut_simulator.inject("ups.comm_dead", "ups-b")
     # Lost after lost_after (3) missed polls at 1 s.

@@ -35,6 +35,24 @@ def step_hook(tmp_path: Path) -> Path:
     return script
 
 
+def nut_ups_pair(host: str, port: int = 3493) -> list[dict[str, Any]]:
+    """The simulated site's two UPS units over NUT, with an account that may send commands."""
+    return [
+        {
+            "id": u,
+            "driver": "nut",
+            "host": host,
+            "port": port,
+            "ups": u,
+            "interval": 0.25,
+            "username": "admin",
+            "password": "adminpass",
+            "allow_writes": True,
+        }
+        for u in ("ups-a", "ups-b")
+    ]
+
+
 def write_site(tmp_path: Path, nut_port: int, extra_stage: dict[str, Any] | None = None) -> Path:
     script = step_hook(tmp_path)
     log = tmp_path / "steps.log"
@@ -47,20 +65,7 @@ def write_site(tmp_path: Path, nut_port: int, extra_stage: dict[str, Any] | None
     site = {
         "site": "lab1",
         "state_dir": str(tmp_path / "state"),
-        "devices": [
-            {
-                "id": u,
-                "driver": "nut",
-                "host": "127.0.0.1",
-                "port": nut_port,
-                "ups": u,
-                "interval": 0.25,
-                "username": "admin",
-                "password": "adminpass",
-                "allow_writes": True,
-            }
-            for u in ("ups-a", "ups-b")
-        ],
+        "devices": nut_ups_pair("127.0.0.1", nut_port),
         "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
         "shutdown": {
             "group": "ups",
@@ -162,20 +167,11 @@ def test_drill_reports_detect_decide_steps_and_recovery(tmp_path: Path) -> None:
     site = {
         "site": "lab1",
         "state_dir": str(tmp_path / "state"),
+        # The drill points the UPS units at the simulator; far-pdu has no simulated twin.
         "devices": [
-            {
-                "id": u,
-                "driver": "nut",
-                "host": "10.9.9.9",
-                "ups": u,
-                "interval": 0.25,
-                "username": "admin",
-                "password": "adminpass",
-                "allow_writes": True,
-            }
-            for u in ("ups-a", "ups-b")
-        ]
-        + [{"id": "far-pdu", "driver": "nut", "host": "10.9.9.9", "ups": "not-simulated"}],
+            *nut_ups_pair("10.9.9.9"),
+            {"id": "far-pdu", "driver": "nut", "host": "10.9.9.9", "ups": "not-simulated"},
+        ],
         "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
         "shutdown": {
             "group": "ups",
@@ -272,20 +268,7 @@ async def test_generator_fails_servers_off_over_ipmi_ups_last_then_recovered(
     sim = await make_simulator(speed=4, ipmi_port=0)
     ports = sim.info.ports
     servers = ["srv-01", "srv-02"]
-    devices: list[dict[str, Any]] = [
-        {
-            "id": u,
-            "driver": "nut",
-            "host": "127.0.0.1",
-            "port": sim.nut_port,
-            "ups": u,
-            "interval": 0.25,
-            "username": "admin",
-            "password": "adminpass",
-            "allow_writes": True,
-        }
-        for u in ("ups-a", "ups-b")
-    ]
+    devices = nut_ups_pair("127.0.0.1", sim.nut_port)
     devices += [
         {
             "id": s,
