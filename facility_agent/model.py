@@ -65,6 +65,10 @@ class Sample:
     ts: datetime
     status: tuple[str, ...] = ()
     metrics: Mapping[str, MetricValue] = field(default_factory=dict)
+    #: Metrics the device answered with a value that is not a reading (out of the declared
+    #: range, or a sentinel such as -1 or 0xFFFF for "not measured"): absent from `metrics`,
+    #: named here so that nobody mistakes a missing value for a vanished sensor.
+    unknown: tuple[str, ...] = ()
 
     def readings(self) -> list[Reading]:
         return [Reading(self.device, k, v, self.ts) for k, v in self.metrics.items()]
@@ -82,6 +86,8 @@ class DeviceState:
     metrics: Mapping[str, MetricValue] = field(default_factory=dict)
     #: Why communication is lost; never contains a secret (drivers redact before raising).
     reason: str | None = None
+    #: Metrics whose last value was not a reading (see `Sample.unknown`); sorted.
+    unknown: tuple[str, ...] = ()
 
     def payload(self, site: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -93,6 +99,8 @@ class DeviceState:
             "status": list(self.status),
             "metrics": dict(self.metrics),
         }
+        if self.unknown:
+            body["unknown"] = list(self.unknown)
         if self.reason:
             body["reason"] = self.reason
         return body
@@ -105,6 +113,7 @@ class DeviceState:
             and other.status == self.status
             and dict(other.metrics) == dict(self.metrics)
             and other.reason == self.reason
+            and other.unknown == self.unknown
         )
 
 

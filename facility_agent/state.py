@@ -188,6 +188,7 @@ class SiteState:
             comm="ok",
             status=tuple(sample.status),
             metrics=dict(sample.metrics),
+            unknown=tuple(sorted(set(sample.unknown))),
         )
         events: list[Event] = []
         if prev is not None and prev.comm == "lost":
@@ -255,6 +256,7 @@ class SiteState:
             status=prev.status if prev else (),
             metrics=prev.metrics if prev else {},
             reason=reason,
+            unknown=prev.unknown if prev else (),
         )
         events = []
         if prev is None or prev.comm != "lost":
