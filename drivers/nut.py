@@ -48,6 +48,15 @@ class NutDeviceConfig(DeviceConfig):
     login: bool = False
     #: NUT's own drivers refresh about every 1-2 s, so polling faster than that buys nothing.
     interval: Duration = 1.0
+    #: A value-rules file of your own instead of the bundled config/nut-ranges.yaml.
+    ranges: str | None = None
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges_file_loads(cls, value: str | None) -> str | None:
+        if value is not None:
+            nut_ranges.load(value)  # RangeFileError is a ValueError: reported with the key
+        return value
 
     @field_validator("host", "ups", "username")
     @classmethod
@@ -133,7 +142,7 @@ class NutDriver(Driver):
         self.cfg = config
         self._key: _Key | None = None
         self._client: NutClient | None = None
-        self._ranges = nut_ranges.load()
+        self._ranges = nut_ranges.load(config.ranges)
         #: Metrics already logged as not a reading: logged once per device and metric.
         self._logged_unknown: set[str] = set()
 

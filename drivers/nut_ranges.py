@@ -28,6 +28,9 @@ _DECIMAL = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _PATTERN = re.compile(r"^(?:\*\*|\*|[A-Za-z0-9_-]+)(?:\.(?:\*\*|\*|[A-Za-z0-9_-]+))*$")
 
 DATA_FILE = "nut-ranges.yaml"
+#: Longest text read as a number: no reading needs more, and Python refuses to convert integers
+#: of over 4300 digits (a hostile upsd could otherwise crash the poll).
+_MAX_NUMBER = 64
 
 
 class RangeFileError(ValueError):
@@ -115,9 +118,14 @@ class Ranges:
     def judge(self, name: str, text: str) -> Verdict:
         rule = self.rule(name)
         if rule is None:
-            return Verdict(proto.convert_value(text))
+            try:
+                return Verdict(proto.convert_value(text))
+            except ValueError:  # an integer of more digits than Python converts
+                return Verdict(text)
         if rule.text:
             return Verdict(text)
+        if len(text) > _MAX_NUMBER:
+            return Verdict(None, f"{len(text)} characters are too long for a reading")
         if not _DECIMAL.fullmatch(text):
             return Verdict(None, f"{text!r} is not a number")
         number: int | float = float(text) if "." in text else int(text)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from facility_agent.drivers.nut import NutDeviceConfig, NutDriver
 from facility_agent.model import Sample
@@ -122,3 +123,27 @@ async def test_unknowns_reach_the_published_state_and_are_logged_once(
     lines = [r.getMessage() for r in caplog.records if "not a reading" in r.getMessage()]
     assert len(lines) == len(payload["unknown"]), lines
     assert any("battery.charge = '255'" in line and case in line for line in lines)
+
+
+async def test_a_site_can_bring_its_own_rules(ddl_upsd: NutServer, tmp_path: Path) -> None:
+    """`ranges:` names a rules file of the site's own; a broken one is refused at config time."""
+    rules = tmp_path / "strict.yaml"
+    rules.write_text("rules:\n  - {match: battery.voltage, min: 0, max: 10}\n")
+    case = "riello-idialog-800-idg-800"
+    cfg = NutDeviceConfig(
+        id=case,
+        driver="nut",
+        host=ddl_upsd.host,
+        port=ddl_upsd.port,
+        ups=case,
+        ranges=str(rules),
+    )
+    driver = NutDriver(cfg)
+    try:
+        sample = await driver.poll()
+    finally:
+        await driver.close()
+    assert sample.unknown == ("battery.voltage",)  # 13.7 V is over this site's 10
+    assert sample.metrics["battery.charge"] == 255  # the bundled rules are not in force
+    with pytest.raises(ValidationError, match="cannot read"):
+        NutDeviceConfig(id="x", driver="nut", host="h", ups="u", ranges=str(tmp_path / "no"))

@@ -105,6 +105,15 @@ def test_integer_sentinel_and_bounds_reasons() -> None:
     assert ranges.judge("x.count", "").why == "'' is not a number"
 
 
+def test_endless_digits_do_not_crash() -> None:
+    """Python refuses int() of over 4300 digits; a hostile upsd must not crash the poll."""
+    digits = "1" * 5000
+    assert (
+        BUNDLED.judge("battery.charge", digits).why == "5000 characters are too long for a reading"
+    )
+    assert BUNDLED.judge("ups.debug.x", digits).value == digits
+
+
 def test_convert_metric_gives_types_only() -> None:
     """The type question alone: an out-of-range value keeps its number, text stays text."""
     assert convert_metric("ups.serial", "123456") == "123456"
