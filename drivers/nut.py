@@ -1,7 +1,9 @@
 """The NUT driver: reads a UPS from a Network UPS Tools server (upsd) over its TCP protocol.
 
 NUT's variable names are the agent's canonical vocabulary, so a poll passes them through
-unchanged: `ups.status` becomes the status flags, every other variable a metric.
+unchanged: `ups.status` becomes the status flags, every other variable a metric. upsd passes on
+whatever its driver read, sentinels included, so each value is judged against the rules of
+`config/nut-ranges.yaml` (`nut_ranges`): one that is not a reading goes to `unknown` instead.
 
 Several devices on one upsd share one connection (a small refcounted pool keyed by server and
 credentials), as upsmon does: upsd handles few clients well, and one `LIST VAR` per device per
@@ -10,6 +12,7 @@ second over one socket costs it next to nothing.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from asyncio import AbstractEventLoop, get_running_loop
 from collections.abc import Mapping
@@ -22,24 +25,13 @@ from facility_agent.model import MetricValue, Sample, utcnow
 from facility_agent.units import Duration
 
 from . import nut_protocol as proto
+from . import nut_ranges
 from .nut_client import DEFAULT_PORT, NutClient
 
-#: Variables whose values are identifiers even when they look like numbers (`ups.firmware: 1.0`).
-_TEXT_SUFFIXES = (
-    ".serial",
-    ".model",
-    ".mfr",
-    ".firmware",
-    ".firmware.aux",
-    ".id",
-    ".type",
-    ".version",
-    ".name",
-    ".date",
-    ".desc",
-    ".location",
-    ".contacts",
-)
+log = logging.getLogger(__name__)
+
+#: Most metric names per device remembered as "already logged as unknown".
+_MAX_LOGGED = 10_000
 
 
 class NutDeviceConfig(DeviceConfig):
@@ -56,6 +48,15 @@ class NutDeviceConfig(DeviceConfig):
     login: bool = False
     #: NUT's own drivers refresh about every 1-2 s, so polling faster than that buys nothing.
     interval: Duration = 1.0
+    #: A value-rules file of your own instead of the bundled config/nut-ranges.yaml.
+    ranges: str | None = None
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges_file_loads(cls, value: str | None) -> str | None:
+        if value is not None:
+            nut_ranges.load(value)  # RangeFileError is a ValueError: reported with the key
+        return value
 
     @field_validator("host", "ups", "username")
     @classmethod
@@ -120,10 +121,12 @@ async def _release(key: _Key) -> None:
 
 
 def convert_metric(name: str, text: str) -> MetricValue:
-    """A variable's value as a number where it is one, keeping identifiers as text."""
-    if name.endswith(_TEXT_SUFFIXES):
-        return text
-    return proto.convert_value(text)
+    """A variable's value as a number where NUT defines or writes one, identifiers as text.
+
+    Only the type: whether the value is a reading is `nut_ranges.Ranges.judge`'s question.
+    """
+    verdict = nut_ranges.load().judge(name, text)
+    return text if verdict.value is None else verdict.value
 
 
 class NutDriver(Driver):
@@ -139,6 +142,9 @@ class NutDriver(Driver):
         self.cfg = config
         self._key: _Key | None = None
         self._client: NutClient | None = None
+        self._ranges = nut_ranges.load(config.ranges)
+        #: Metrics already logged as not a reading: logged once per device and metric.
+        self._logged_unknown: set[str] = set()
 
     def _conn(self) -> NutClient:
         if self._client is None:
@@ -146,11 +152,37 @@ class NutDriver(Driver):
         return self._client
 
     async def poll(self) -> Sample:
-        """One `LIST VAR`: status flags from `ups.status`, every other variable as a metric."""
+        """One `LIST VAR`: status flags from `ups.status`, every other variable as a metric.
+
+        A value that is not a reading (out of range, a sentinel, text where NUT defines a
+        number) is left out of the metrics and named in `unknown`.
+        """
         variables = await self._conn().list_var(self.cfg.ups)
         status = tuple(variables.pop("ups.status", "").split())
-        metrics = {name: convert_metric(name, text) for name, text in variables.items()}
-        return Sample(device=self.cfg.id, ts=utcnow(), status=status, metrics=metrics)
+        metrics: dict[str, MetricValue] = {}
+        unknown: list[str] = []
+        for name, text in variables.items():
+            verdict = self._ranges.judge(name, text)
+            if verdict.value is not None:
+                metrics[name] = verdict.value
+                continue
+            unknown.append(name)
+            if name not in self._logged_unknown and len(self._logged_unknown) < _MAX_LOGGED:
+                self._logged_unknown.add(name)
+                log.warning(
+                    "device %s: %s = %r is not a reading (%s); published as unknown",
+                    self.cfg.id,
+                    name,
+                    text[:80],
+                    verdict.why,
+                )
+        return Sample(
+            device=self.cfg.id,
+            ts=utcnow(),
+            status=status,
+            metrics=metrics,
+            unknown=tuple(sorted(unknown)),
+        )
 
     async def actions(self) -> list[str]:
         """The UPS's instant commands (`LIST CMD`), plus `set` (SET VAR) and `fsd`."""
