@@ -55,6 +55,8 @@ class Summary:
         self.last_reload: dict[str, Any] | None = None
         self.dirty = asyncio.Event()
         agent.on_event(self._on_event)
+        # A task going down (or coming back) is news for `facility-agent status` at once.
+        agent.supervisor.on_change(self.dirty.set)
 
     def _on_event(self, event: Event) -> None:
         if event.type in _NOT_RECENT:
@@ -106,6 +108,7 @@ class Summary:
                 "groups": [g.id for g in self.agent.config.groups],
                 "plan": self.plan(),
                 "last_reload": self.last_reload,
+                "tasks": self.agent.supervisor.snapshot(),
                 "events": list(self.events),
             }
         )
@@ -176,7 +179,7 @@ async def run_service(agent: Agent, config_path: Path, stop: asyncio.Event) -> N
     await agent.start()
     try:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-        tasks.append(asyncio.create_task(summary.run(), name="summary"))
+        tasks.append(agent.supervisor.spawn("summary", summary.run))
         notifier.ready(_status_line(agent))
         log.info("ready%s", " (systemd notified)" if notifier.enabled else "")
         await stop.wait()
