@@ -22,6 +22,7 @@ import orjson
 
 from . import __version__
 from .agent import Agent
+from .faults import part_name
 from .model import Event, iso_ts, utcnow
 from .reload import Reloader, describe
 from .sdnotify import Notifier
@@ -118,7 +119,10 @@ class Summary:
         for sink in self.agent.sinks:
             publish = getattr(sink, "publish_retained", None)
             if callable(publish):
-                publish("agent/recent", payload)
+                try:
+                    publish("agent/recent", payload)
+                except Exception as exc:
+                    self.agent.faults.failed(part_name(sink), "publish_retained", exc)
 
     async def run(self) -> None:
         last_plan: object = None
@@ -194,8 +198,11 @@ async def run_service(agent: Agent, config_path: Path, stop: asyncio.Event) -> N
             *(t for t in tasks if t.get_name() != "sd-watchdog"), return_exceptions=True
         )
         await reloader.close()
-        with contextlib.suppress(Exception):
+        try:
             summary.publish()
+        except Exception:
+            # Whatever it is, the agent must still stop cleanly (the watchdog is still fed).
+            log.exception("publishing the last summary failed")
         # The watchdog keeps running while the agent stops (a plan stage may take a while).
         try:
             await agent.stop()

@@ -174,11 +174,19 @@ class PolicyEngine:
         self.journal.close()
 
     async def _ticker(self) -> None:
+        failing = False
         while True:
             try:
                 self.evaluate()
             except Exception:
-                log.exception("policy evaluation failed")
+                # Once per episode with the traceback, not four times a second.
+                log.log(logging.DEBUG if failing else logging.ERROR, "policy evaluation failed",
+                        exc_info=True)  # fmt: skip
+                failing = True
+            else:
+                if failing:
+                    log.warning("policy evaluation works again")
+                failing = False
             await asyncio.sleep(TICK)
 
     # -- inputs ------------------------------------------------------------------------------
