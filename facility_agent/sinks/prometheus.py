@@ -250,7 +250,9 @@ class PrometheusSink:
                 "rows": sum(snap.outbox["rows"].values()),
                 "write_errors": sum(snap.outbox_errors.values()),
             }
-        return not stalled and not down, body
+        # A dead task is "degraded" but still 200: the agent restarts it itself, and a liveness
+        # probe that restarted the whole agent for it would interrupt a plan in progress.
+        return not stalled, body
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
