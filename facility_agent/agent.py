@@ -162,6 +162,13 @@ class Agent:
             await self.stop()
 
     def _handle(self, outcome: PollOutcome) -> None:
+        try:
+            self._handle_outcome(outcome)
+        except Exception as exc:
+            # A state that cannot be applied must not become a log line per poll.
+            self.faults.failed(f"poll:{outcome.device}", "handling its result", exc)
+
+    def _handle_outcome(self, outcome: PollOutcome) -> None:
         driver = self.drivers[outcome.device].name
         if isinstance(outcome, PollOk):
             transition = self.state.apply_sample(driver, outcome.sample)
