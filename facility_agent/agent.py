@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from .config import SiteConfig, TrapsConfig
 from .driver import Driver
+from .faults import Faults, part_name
 from .model import DeviceState, Event, Severity, utcnow
 from .policy.engine import PolicyEngine
 from .poller import DevicePoller, PollFailed, PollOk, PollOutcome
 from .registry import driver_class
 from .sinks.base import Sink
 from .state import SiteState, Transition
+from .supervise import Supervisor, adopt
 from .traps import SnmpDevice, TrapListener
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,12 @@ class Agent:
         self.config = config
         self.state = SiteState(config.site)
         self.sinks: list[Sink] = default_sinks(config) if sinks is None else sinks
+        #: Every long-lived task runs under this; the sinks get it too (supervise.py).
+        self.supervisor = Supervisor()
+        #: What failed on the event path, per sink (faults.py).
+        self.faults = Faults()
+        for sink in self.sinks:
+            self.adopt(sink)
         self.drivers: dict[str, Driver] = {}
         self.pollers: dict[str, DevicePoller] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -63,6 +70,15 @@ class Agent:
         self.drill = False
         self.dry_run = False
         self.journal_name = "journal.sqlite"
+
+    def adopt(self, sink: object) -> None:
+        """Hand a sink this agent's supervisor and fault counts (for those that show them)."""
+        adopt(sink, self.supervisor)
+        if hasattr(sink, "faults"):
+            sink.faults = self.faults
+
+    def spawn_poller(self, poller: DevicePoller) -> asyncio.Task[None]:
+        return self.supervisor.spawn(f"poll:{poller.device}", poller.run)
 
     def on_state(self, listener: StateListener) -> None:
         self._state_listeners.append(listener)
@@ -85,8 +101,8 @@ class Agent:
             self.policy = self.new_policy_engine()
             await self.policy.start()
         for poller in self.pollers.values():
-            self._tasks.append(asyncio.create_task(poller.run(), name=f"poll:{poller.device}"))
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
+            self._tasks.append(self.spawn_poller(poller))
+        self._tasks.append(self.supervisor.spawn("heartbeat", self._heartbeat))
         if self.config.traps is not None:
             await self._start_traps(self.config.traps)
         log.info(
@@ -108,6 +124,7 @@ class Agent:
             self.config.state_path() / self.journal_name,
             dry_run=self.dry_run,
             drill=self.drill,
+            supervisor=self.supervisor,
         )
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -145,6 +162,13 @@ class Agent:
             await self.stop()
 
     def _handle(self, outcome: PollOutcome) -> None:
+        try:
+            self._handle_outcome(outcome)
+        except Exception as exc:
+            # A state that cannot be applied must not become a log line per poll.
+            self.faults.failed(f"poll:{outcome.device}", "handling its result", exc)
+
+    def _handle_outcome(self, outcome: PollOutcome) -> None:
         driver = self.drivers[outcome.device].name
         if isinstance(outcome, PollOk):
             transition = self.state.apply_sample(driver, outcome.sample)
@@ -183,7 +207,9 @@ class Agent:
             if poller is not None:
                 poller.poll_now()
 
-        listener = TrapListener(config, self.config.site, devices, self.emit, poll_now)
+        listener = TrapListener(
+            config, self.config.site, devices, self.emit, poll_now, supervisor=self.supervisor
+        )
         try:
             await listener.start()
         except Exception as exc:
@@ -204,10 +230,16 @@ class Agent:
             self.emit(event)
         if self.policy is not None:
             # Decide at once on a new state rather than at the next tick: decision latency.
-            self.policy.evaluate()
+            try:
+                self.policy.evaluate()
+            except Exception as exc:
+                self.faults.failed("policy", "evaluate", exc)
 
     def emit(self, event: Event) -> None:
-        """Log an event, hand it to every sink and listener, and run the hooks it matches."""
+        """Log an event, hand it to every sink and listener, and run the hooks it matches.
+
+        Each of them is isolated: one that raises is counted and logged once (faults.py) and
+        the event still reaches all the others, the hooks and the policy engine."""
         log.log(
             _LOG_LEVEL.get(event.severity, logging.INFO),
             "[%s] %s (event %s)",
@@ -218,18 +250,33 @@ class Agent:
             extra={"device": event.device, "event_id": event.id, "event_type": event.type},
         )
         for sink in self.sinks:
-            sink.publish_event(event)
+            try:
+                sink.publish_event(event)
+            except Exception as exc:
+                self.faults.failed(part_name(sink), "publish_event", exc)
         for listener in self._event_listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception as exc:
+                self.faults.failed(part_name(listener), "event listener", exc)
         if self.policy is not None:
-            self.policy.on_event(event)
+            try:
+                self.policy.on_event(event)
+            except Exception as exc:
+                self.faults.failed("policy", "on_event", exc)
 
     def _publish_state(self, state: DeviceState) -> None:
         self._last_published[state.device] = time.monotonic()
         for sink in self.sinks:
-            sink.publish_state(state)
+            try:
+                sink.publish_state(state)
+            except Exception as exc:
+                self.faults.failed(part_name(sink), "publish_state", exc)
         for listener in self._state_listeners:
-            listener(state)
+            try:
+                listener(state)
+            except Exception as exc:
+                self.faults.failed(part_name(listener), "state listener", exc)
 
     async def _heartbeat(self) -> None:
         """Republish every state at least once per heartbeat, even when nothing changed."""
@@ -239,5 +286,4 @@ class Agent:
             now = time.monotonic()
             for device, state in self.state.all().items():
                 if now - self._last_published.get(device, 0.0) >= self.heartbeat:
-                    with contextlib.suppress(Exception):
-                        self._publish_state(state)
+                    self._publish_state(state)

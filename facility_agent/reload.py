@@ -151,6 +151,7 @@ class Reloader:
                 log.warning("closing %s failed: %s", device, exc)
         if forget:
             agent.state.forget(device)
+            agent.supervisor.forget(f"poll:{device}")
             agent._last_published.pop(device, None)
             self._clear_retained(device)
             log.info("reload: device %s removed", device)
@@ -163,7 +164,7 @@ class Reloader:
             agent.state.declare_flag_events(dev.id, declared())
         poller = DevicePoller(driver, agent._handle)
         agent.pollers[dev.id] = poller
-        agent._tasks.append(asyncio.create_task(poller.run(), name=f"poll:{dev.id}"))
+        agent._tasks.append(agent.spawn_poller(poller))
         log.info("reload: device %s (%s) started", dev.id, dev.driver)
 
     def _clear_retained(self, device: str) -> None:

@@ -22,6 +22,7 @@ import orjson
 
 from . import __version__
 from .agent import Agent
+from .faults import part_name
 from .model import Event, iso_ts, utcnow
 from .reload import Reloader, describe
 from .sdnotify import Notifier
@@ -55,6 +56,8 @@ class Summary:
         self.last_reload: dict[str, Any] | None = None
         self.dirty = asyncio.Event()
         agent.on_event(self._on_event)
+        # A task going down (or coming back) is news for `facility-agent status` at once.
+        agent.supervisor.on_change(self.dirty.set)
 
     def _on_event(self, event: Event) -> None:
         if event.type in _NOT_RECENT:
@@ -106,6 +109,7 @@ class Summary:
                 "groups": [g.id for g in self.agent.config.groups],
                 "plan": self.plan(),
                 "last_reload": self.last_reload,
+                "tasks": self.agent.supervisor.snapshot(),
                 "events": list(self.events),
             }
         )
@@ -115,7 +119,10 @@ class Summary:
         for sink in self.agent.sinks:
             publish = getattr(sink, "publish_retained", None)
             if callable(publish):
-                publish("agent/recent", payload)
+                try:
+                    publish("agent/recent", payload)
+                except Exception as exc:
+                    self.agent.faults.failed(part_name(sink), "publish_retained", exc)
 
     async def run(self) -> None:
         last_plan: object = None
@@ -176,7 +183,7 @@ async def run_service(agent: Agent, config_path: Path, stop: asyncio.Event) -> N
     await agent.start()
     try:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-        tasks.append(asyncio.create_task(summary.run(), name="summary"))
+        tasks.append(agent.supervisor.spawn("summary", summary.run))
         notifier.ready(_status_line(agent))
         log.info("ready%s", " (systemd notified)" if notifier.enabled else "")
         await stop.wait()
@@ -191,8 +198,11 @@ async def run_service(agent: Agent, config_path: Path, stop: asyncio.Event) -> N
             *(t for t in tasks if t.get_name() != "sd-watchdog"), return_exceptions=True
         )
         await reloader.close()
-        with contextlib.suppress(Exception):
+        try:
             summary.publish()
+        except Exception:
+            # Whatever it is, the agent must still stop cleanly (the watchdog is still fed).
+            log.exception("publishing the last summary failed")
         # The watchdog keeps running while the agent stops (a plan stage may take a while).
         try:
             await agent.stop()

@@ -215,6 +215,7 @@ def judge(data: Retained, *, stale: float = 180.0, now: datetime | None = None) 
             problems.append((CRITICAL, "the site is shut down; recovery has not run yet"))
         elif plan.get("kind") == "recovery":
             problems.append((WARNING, "recovery in progress"))
+    problems.extend(task_problems(data.recent or {}))
     reload = (data.recent or {}).get("last_reload")
     if isinstance(reload, dict) and not reload.get("ok", True):
         problems.append(
@@ -223,6 +224,24 @@ def judge(data: Retained, *, stale: float = 180.0, now: datetime | None = None) 
     code = max((p[0] for p in problems), default=OK)
     problems.sort(key=lambda p: -p[0])
     return Verdict(code, problems)
+
+
+def task_problems(recent: dict[str, Any]) -> list[tuple[int, str]]:
+    """Supervised tasks of the agent that are dead now (supervise.py): a WARNING each, as the
+    part they run (a poller, an output) is not working until the restart succeeds."""
+    tasks = recent.get("tasks")
+    if not isinstance(tasks, dict):
+        return []
+    out: list[tuple[int, str]] = []
+    for entry in tasks.get("down") or []:
+        if not isinstance(entry, dict):
+            continue
+        text = f"agent task {entry.get('name', '?')} is down"
+        if entry.get("last_error"):
+            text += f" ({entry['last_error']})"
+        text += f", restarted {entry.get('restarts', 0)} time(s) so far"
+        out.append((WARNING, text))
+    return out
 
 
 def _fmt_runtime(value: Any) -> str:
@@ -263,6 +282,7 @@ def as_json(site: str, verdict: Verdict, data: Retained) -> dict[str, Any]:
         "groups": data.groups,
         "plan": recent.get("plan"),
         "last_reload": recent.get("last_reload"),
+        "tasks": recent.get("tasks"),
         "events": recent.get("events", []),
     }
 
@@ -344,6 +364,10 @@ def render(site: str, verdict: Verdict, data: Retained) -> None:
         )
     else:
         console.print("plan: none running")
+    tasks = recent.get("tasks")
+    if isinstance(tasks, dict) and tasks.get("restarts"):
+        restarts = ", ".join(f"{k} x{v}" for k, v in sorted(tasks["restarts"].items()))
+        console.print(f"task restarts: {restarts}")
     events = recent.get("events") or []
     if events:
         ev_table = Table(title="recent events", title_justify="left")

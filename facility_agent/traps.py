@@ -11,6 +11,10 @@ What each notification OID means comes from the SNMP profiles' `traps:` sections
 traps are data like its OIDs. A source that sends more than `rate` notifications per second
 (after a `burst`) is throttled: the excess is dropped and counted, and one `trap.flood` event per
 source and minute says so.
+
+The listener is supervised (supervise.py): a watch task re-opens the socket should it ever be
+closed under the listener, and a notification whose handling raises is logged and counted
+(`stats.failed`) instead of vanishing inside pysnmp.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 
 from .config import TrapsConfig
 from .model import Event, Severity
+from .supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,8 @@ SNMP_TRAP_ADDRESS = (1, 3, 6, 1, 6, 3, 18, 1, 3, 0)
 #: Varbinds copied into an event's data, and their text length, at most.
 MAX_VARBINDS = 16
 MAX_VALUE_TEXT = 200
+#: How often the watch task checks that the listener's socket is still open.
+WATCH_EVERY = 1.0
 
 _AUTH = {
     "MD5": "usmHMACMD5AuthProtocol",
@@ -91,6 +98,8 @@ class TrapStats:
     unknown_source: int = 0
     #: With a notification OID no profile defines.
     unknown_trap: int = 0
+    #: Whose handling raised (logged with its traceback the first time).
+    failed: int = 0
 
 
 @dataclass
@@ -121,9 +130,12 @@ class TrapListener:
     poll_now: Callable[[str], None]
     stats: TrapStats = field(default_factory=TrapStats)
     port: int = 0
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
     def __post_init__(self) -> None:
         self._engine: Any = None
+        self._sock: socket.socket | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._by_ip: dict[str, list[SnmpDevice]] = {}
         self._buckets: dict[str, _Bucket] = {}
         self._catalogue = trap_catalogue(self.config.profiles)
@@ -131,6 +143,10 @@ class TrapListener:
     async def start(self) -> None:
         """Resolve device addresses and bind; raises OSError when the port cannot be bound."""
         self._by_ip = await self._resolve()
+        self._open()
+        self._watch_task = self.supervisor.spawn("traps", self._watch)
+
+    def _open(self) -> None:
         from pysnmp.carrier.asyncio.dgram import udp, udp6
         from pysnmp.entity import config as ecfg
         from pysnmp.entity import engine
@@ -143,11 +159,13 @@ class TrapListener:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            sock.bind((host, port))
+            # Once bound, the same port again (it may have been `:0`) when re-opened.
+            sock.bind((host, self.port or port))
         except OSError:
             sock.close()
             raise
         sock.setblocking(False)
+        self._sock = sock
         self.port = int(sock.getsockname()[1])
         eng = engine.SnmpEngine()
         module = udp6 if family == socket.AF_INET6 else udp
@@ -171,11 +189,32 @@ class TrapListener:
         log.info("SNMP trap listener on %s:%d", host, self.port)
 
     async def stop(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+            self._watch_task = None
+        self._close_engine()
+
+    def _close_engine(self) -> None:
         if self._engine is not None:
             eng, self._engine = self._engine, None
             with contextlib.suppress(Exception):
                 eng.transport_dispatcher.job_finished(1)
                 eng.close_dispatcher()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    async def _watch(self) -> None:
+        """Listen again should the socket be closed under the listener; a port that cannot be
+        bound again raises, and the supervisor retries with back-off (the task shows down)."""
+        while True:
+            await asyncio.sleep(WATCH_EVERY)
+            if self._sock is not None and self._sock.fileno() != -1:
+                continue
+            log.error("the SNMP trap listener's socket is closed; listening again")
+            self._close_engine()
+            self._open()
 
     async def _resolve(self) -> dict[str, list[SnmpDevice]]:
         loop = asyncio.get_running_loop()
@@ -210,7 +249,12 @@ class TrapListener:
         except Exception:
             log.debug("traps: unreadable notification", exc_info=True)
             return
-        self.handle(source, pairs)
+        try:
+            self.handle(source, pairs)
+        except Exception:
+            self.stats.failed += 1
+            level = logging.ERROR if self.stats.failed == 1 else logging.DEBUG
+            log.log(level, "traps: handling a notification from %s failed", source, exc_info=True)
 
     def allow(self, source: str, now: float | None = None) -> bool:
         """Token bucket per source: `rate` per second after a `burst`."""

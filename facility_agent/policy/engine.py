@@ -9,7 +9,6 @@ resumes where the last agent stopped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import logging
 import time
@@ -21,6 +20,7 @@ from ..actions.hooks import run_hook
 from ..driver import Driver
 from ..model import DeviceState, Event, Severity, utcnow
 from ..state import SiteState
+from ..supervise import Supervisor
 from .config import PolicyConfig, StageConfig, StepConfig
 from .evaluate import GroupEvaluator, GroupView, Held, PowerView, metric, power_view
 from .journal import Journal, RunRecord
@@ -66,6 +66,7 @@ class PolicyEngine:
         dry_run: bool = False,
         drill: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.site = site
         self.policy = policy
@@ -77,6 +78,7 @@ class PolicyEngine:
         self.dry_run = dry_run
         self.drill = drill
         self.clock = clock
+        self.supervisor = supervisor if supervisor is not None else Supervisor()
         self.groups = {g.id: GroupEvaluator(g) for g in policy.groups}
         self._group_status: dict[str, str] = {}
         self._tick_task: asyncio.Task[None] | None = None
@@ -153,7 +155,7 @@ class PolicyEngine:
             unfinished_recovery = self.journal.unfinished("recovery")
             if unfinished_recovery is not None and self.plan_task is None:
                 self._start_recovery(resume=unfinished_recovery)
-        self._tick_task = asyncio.create_task(self._ticker(), name="policy")
+        self._tick_task = self.supervisor.spawn("policy", self._ticker)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -172,11 +174,19 @@ class PolicyEngine:
         self.journal.close()
 
     async def _ticker(self) -> None:
+        failing = False
         while True:
             try:
                 self.evaluate()
             except Exception:
-                log.exception("policy evaluation failed")
+                # Once per episode with the traceback, not four times a second.
+                log.log(logging.DEBUG if failing else logging.ERROR, "policy evaluation failed",
+                        exc_info=True)  # fmt: skip
+                failing = True
+            else:
+                if failing:
+                    log.warning("policy evaluation works again")
+                failing = False
             await asyncio.sleep(TICK)
 
     # -- inputs ------------------------------------------------------------------------------
@@ -201,7 +211,21 @@ class PolicyEngine:
                 event.device, "hook.ok", Severity.INFO, f"dry run: would run {argv[0]}", argv=argv
             )
             return
-        result = await run_hook(argv, timeout=timeout, event=event.payload())
+        try:
+            result = await run_hook(argv, timeout=timeout, event=event.payload())
+        except Exception as exc:
+            # A hook task that died would otherwise vanish without a word.
+            log.exception("running hook %s failed", argv[0])
+            self._emit(
+                event.device,
+                "hook.failed",
+                Severity.WARNING,
+                f"hook {argv[0]} for {event.type}: could not run: {type(exc).__name__}: {exc}",
+                argv=argv,
+                returncode=None,
+                for_event=event.id,
+            )
+            return
         ok = result.ok
         self._emit(
             event.device,
@@ -567,14 +591,30 @@ class PolicyEngine:
 
     async def _recover(self, runner: PlanRunner, run_id: int, resume: bool) -> None:
         started = self.clock()
+        error: Exception | None = None
         try:
             ok = await runner.run(resume=resume)
+        except asyncio.CancelledError:
+            raise  # stopping: the journal keeps the run `running`, the next start resumes it
+        except Exception as exc:
+            # A bug or a broken driver must not leave the run open and the site silent.
+            log.exception("the recovery plan failed")
+            ok, error = False, exc
         finally:
             self.recovery_task = None
             self.site_down = False
         took = self.clock() - started
         self.journal.end_run(run_id, "completed" if ok else "failed")
-        if ok:
+        if error is not None:
+            self._emit(
+                self.site,
+                "recovery.failed",
+                Severity.CRITICAL,
+                f"recovery of {self.site} failed: {type(error).__name__}: {error}",
+                run=run_id,
+                error=f"{type(error).__name__}: {error}",
+            )
+        elif ok:
             self._emit(
                 self.site,
                 "recovery.completed",
@@ -598,6 +638,6 @@ class PolicyEngine:
     # -- helpers -----------------------------------------------------------------------------
 
     def _emit(self, device: str, kind: str, severity: Severity, message: str, **data: Any) -> None:
-        event = Event(self.site, device, kind, severity, message, data=data)
-        with contextlib.suppress(Exception):
-            self.emit_event(event)
+        """Raise an event; the agent's `emit` isolates each sink, listener and hook from the
+        others (faults.py), so nothing here may swallow a failure."""
+        self.emit_event(Event(self.site, device, kind, severity, message, data=data))

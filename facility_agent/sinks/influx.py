@@ -40,6 +40,7 @@ from influxdb_client.rest import ApiException
 from ..model import DeviceState, Event
 from ..outbox import Channel, Outbox, Row
 from ..output_config import InfluxConfig, redact_url
+from ..supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class InfluxSink:
         self._counts = {"sent": 0, "set_aside": 0, "failed": 0, "retries": 0}
         self._failing_since: float | None = None
         self.connected = False
+        self.supervisor = Supervisor()
 
     async def start(self) -> None:
         if self._task is not None:
@@ -129,7 +131,7 @@ class InfluxSink:
         self._more = asyncio.Event()
         self._channel = self.outbox.channel("influx", self._take, window=4 * self.config.batch_size)
         await self.outbox.open()
-        self._task = asyncio.create_task(self._run(), name="influx-writer")
+        self._task = self.supervisor.spawn("influx-writer", self._run)
 
     def publish_state(self, state: DeviceState) -> None:
         line = state_line(self.config.measurement, self.site, state)
@@ -170,7 +172,15 @@ class InfluxSink:
     # -- the writer task -----------------------------------------------------------------------
 
     def _take(self, rows: list[Row]) -> None:
-        self._rows.extend(rows)
+        for row in rows:
+            if isinstance(row.payload, bytes):
+                self._rows.append(row)
+                continue
+            # An old format (text, not bytes) would fail every batch it is in: set it aside.
+            assert self._channel is not None
+            self._channel.set_aside(row, f"payload is {type(row.payload).__name__}, not bytes")
+            self._counts["set_aside"] += 1
+            log.warning("InfluxDB: outbox row %d set aside: not a line of bytes", row.seq)
         self._more.set()
 
     async def _run(self) -> None:

@@ -59,6 +59,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from ..config import MqttConfig
 from ..model import DeviceState, Event
 from ..outbox import Channel, Outbox, Row
+from ..supervise import Supervisor
 from .homeassistant import discovery_messages
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ class MqttSink:
         self._where = f"{config.host}:{config.port}"
         self._queue: deque[_Message] = deque()
         self._in_flight: dict[int, _Message] = {}
-        self._counts = {"sent": 0, "dropped": 0, "connects": 0, "disconnects": 0}
+        self._counts = {"sent": 0, "dropped": 0, "connects": 0, "disconnects": 0, "set_aside": 0}
+        self.supervisor = Supervisor()
         self._connected = False
         self._stopping = False
         self._drop_warned = False
@@ -140,7 +142,7 @@ class MqttSink:
             await self.outbox.open()
             self._check_idle()  # what a previous run left counts as work to do
         self._start_client()
-        self._watchdog = asyncio.create_task(self._watch(), name="mqtt-sink-watchdog")
+        self._watchdog = self.supervisor.spawn("mqtt-sink-watchdog", self._watch)
 
     def publish_state(self, state: DeviceState) -> None:
         """Queue the device's state (retained, QoS1); never blocks."""
@@ -260,6 +262,14 @@ class MqttSink:
 
     def _take_rows(self, rows: list[Row]) -> None:
         for row in rows:
+            bad = unsendable(row)
+            if bad is not None:
+                # One bad row (an old format, a broken topic) must not block the queue behind it.
+                assert self._channel is not None
+                self._channel.set_aside(row, bad)
+                self._counts["set_aside"] += 1
+                log.warning("MQTT: outbox row %d set aside: %s", row.seq, bad)
+                continue
             retain = row.kind in _RETAINED_KINDS
             self._queue.append(_Message(row.key, row.payload, retain, seq=row.seq))
         self._idle.clear()
@@ -523,3 +533,17 @@ class MqttSink:
                 self._start_client()
             except Exception:
                 log.exception("restarting the MQTT client failed")
+
+
+def unsendable(row: Row) -> str | None:
+    """Why paho would refuse this stored row for ever (it raises ValueError), or None."""
+    topic = row.key
+    if not isinstance(topic, str) or not topic:
+        return "no topic"
+    if "+" in topic or "#" in topic:
+        return f"wildcard in topic {topic[:100]!r}"
+    if len(topic.encode("utf-8", "surrogatepass")) > 65535:
+        return "topic longer than 65535 bytes"
+    if not isinstance(row.payload, bytes | bytearray | str):
+        return f"payload is {type(row.payload).__name__}, not bytes"
+    return None

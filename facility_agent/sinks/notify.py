@@ -32,6 +32,7 @@ import requests
 from ..model import DeviceState, Event, Severity
 from ..outbox import Channel, Outbox, Row
 from ..output_config import NotifyRoute, redact_url
+from ..supervise import Supervisor
 from ..units import parse_duration
 from .alerting import AlertRoute, Message, hhmm, human_duration
 
@@ -61,7 +62,7 @@ class _Route:
         self.channel: Channel | None = None
         self.task: asyncio.Task[None] | None = None
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"notify-{name}")
-        self.counts = {"sent": 0, "failed": 0, "delayed": 0}
+        self.counts = {"sent": 0, "failed": 0, "delayed": 0, "set_aside": 0}
         self.failing_since: float | None = None
         self.apprise = apprise.Apprise(asset=apprise.AppriseAsset(storage_mode="memory"))
         if not self.apprise.add(self.url):
@@ -89,8 +90,13 @@ class _Route:
                 self.more.clear()
                 await self.more.wait()
             row = self.rows[0]
-            data = orjson.loads(row.payload)
-            title, body = data["title"], data["body"]
+            try:
+                data = orjson.loads(row.payload)
+                title, body = str(data["title"]), str(data["body"])
+                severity = Severity(data["severity"])
+            except Exception as exc:
+                self._quarantine(row, exc)
+                continue
             late = time.time() - row.created
             if late >= self.config.delayed_after:
                 body = (
@@ -101,7 +107,7 @@ class _Route:
             notify_type = (
                 apprise.NotifyType.SUCCESS
                 if kind == "resolved"
-                else _NOTIFY_TYPE.get(Severity(data["severity"]), apprise.NotifyType.INFO)
+                else _NOTIFY_TYPE.get(severity, apprise.NotifyType.INFO)
             )
             try:
                 ok = await loop.run_in_executor(self.executor, self._send, title, body, notify_type)
@@ -133,6 +139,19 @@ class _Route:
             assert self.channel is not None
             self.channel.ack(row.seq)
 
+    def _quarantine(self, row: Row, exc: Exception) -> None:
+        """A row this version cannot read (corrupt, or an older format): set aside, counted."""
+        self.rows.pop(0)
+        self.counts["set_aside"] += 1
+        assert self.channel is not None
+        self.channel.set_aside(row, f"undecodable: {type(exc).__name__}: {exc}"[:300])
+        log.warning(
+            "notify route %s: outbox row %d is not a message this version reads (%s); set aside",
+            self.name,
+            row.seq,
+            type(exc).__name__,
+        )
+
     def _send(self, title: str, body: str, notify_type: apprise.NotifyType) -> bool:
         """In the route's own thread, so one slow service never holds up another."""
         return bool(self.apprise.notify(body=body, title=title, notify_type=notify_type))
@@ -160,6 +179,7 @@ class NotifySink:
             self.routes.append(_Route(self, cfg, cfg.name or f"route-{i}"))
         self._ticker: asyncio.Task[None] | None = None
         self._listeners: list[MatrixCommands] = []
+        self.supervisor = Supervisor()
 
     async def start(self) -> None:
         if self._ticker is not None:
@@ -169,13 +189,13 @@ class NotifySink:
             route.channel = self.outbox.channel(route.sink_name, route.take, window=200)
         await self.outbox.open()
         for route in self.routes:
-            route.task = asyncio.create_task(route.deliver_forever(), name=route.sink_name)
+            route.task = self.supervisor.spawn(route.sink_name, route.deliver_forever)
             if route.config.allow_commands:
                 listener = MatrixCommands.for_route(self, route)
                 if listener is not None:
                     self._listeners.append(listener)
                     await listener.start()
-        self._ticker = asyncio.create_task(self._tick_forever(), name="notify-tick")
+        self._ticker = self.supervisor.spawn("notify-tick", self._tick_forever)
 
     def publish_state(self, state: DeviceState) -> None:
         self.states[state.device] = state
@@ -324,7 +344,7 @@ class MatrixCommands:
         return cls(sink, route, base, unquote(parts.username), password, room)
 
     async def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"matrix-commands:{self.route.name}")
+        self.task = self.sink.supervisor.spawn(f"matrix-commands:{self.route.name}", self._run)
 
     async def stop(self) -> None:
         if self.task is not None:

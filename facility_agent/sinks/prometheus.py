@@ -2,8 +2,10 @@
 agent's own counters) and `/healthz` for the site box's supervisor.
 
 A pull output, so no outbox: Prometheus scrapes what is current. prometheus-client renders the
-text format; its collector reads a snapshot of the latest states, which the event loop replaces
-whole (a dict assignment), so the HTTP thread never sees a half-updated device.
+text format in the HTTP thread, but that thread never reads anything the event loop changes: each
+scrape asks the loop for a `Snapshot` (plain copies, built in one loop callback, so every value
+of one scrape is from the same instant) and renders that. A loop too busy to answer within
+SNAPSHOT_WAIT gets the previous snapshot served, and `/healthz` reports the stall.
 
 Names: a metric `battery.charge` becomes `facility_battery_charge{site,device,driver}`; a text
 metric (`ups.model`) becomes `facility_info{site,device,name="ups.model",value="..."} 1`; flags
@@ -13,6 +15,7 @@ are `facility_status{site,device,flag="OB"} 1`; comm is `facility_comm_ok` (1 or
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import re
@@ -20,7 +23,8 @@ import socketserver
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -29,9 +33,11 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..faults import Faults
 from ..model import DeviceState, Event
 from ..outbox import Outbox
 from ..output_config import PrometheusConfig
+from ..supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,29 @@ COUNTER_STATS = frozenset(
 )
 
 StartResponse = Callable[..., Any]
+#: How long a scrape waits for the event loop to copy the agent's state.
+SNAPSHOT_WAIT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSnapshot:
+    name: str
+    stats: Mapping[str, Any]
+    connected: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a scrape shows, copied on the event loop in one go."""
+
+    states: Mapping[str, DeviceState] = field(default_factory=dict)
+    events: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    outputs: tuple[OutputSnapshot, ...] = ()
+    outbox: Mapping[str, Any] | None = None
+    outbox_dropped: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    outbox_errors: Mapping[str, int] = field(default_factory=dict)
+    faults: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    tasks: Mapping[str, Any] = field(default_factory=dict)
 
 
 def metric_name(name: str) -> str:
@@ -82,6 +111,11 @@ class PrometheusSink:
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last = Snapshot()
+        #: The agent's, once it adopts this sink (supervise.py, faults.py).
+        self.supervisor = Supervisor()
+        self.faults = Faults()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_SiteCollector(self))
         self._metrics_app = make_wsgi_app(self.registry)
@@ -106,11 +140,12 @@ class PrometheusSink:
         except OSError as exc:
             raise OSError(f"prometheus: cannot listen on {self.config.listen}: {exc}") from None
         self._server = server
+        self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(
             target=server.serve_forever, name="prometheus-http", daemon=True
         )
         self._thread.start()
-        self._ticker = asyncio.create_task(self._tick_loop(), name="prometheus-tick")
+        self._ticker = self.supervisor.spawn("prometheus-tick", self._tick_loop)
         log.info("serving /metrics and /healthz on %s:%d", self.config.host, self.port)
 
     def publish_state(self, state: DeviceState) -> None:
@@ -140,29 +175,84 @@ class PrometheusSink:
             self._tick = time.monotonic()
             await asyncio.sleep(1.0)
 
+    # -- snapshots: built on the loop, read by the HTTP thread --------------------------------
+
+    def build_snapshot(self) -> Snapshot:
+        """On the event loop: copy what a scrape shows (cheap: the states dict is immutable)."""
+        outputs: list[OutputSnapshot] = []
+        for other in self.sinks:
+            stats = getattr(other, "stats", None)
+            connected = bool(other.connected) if hasattr(other, "connected") else None
+            name = getattr(other, "name", type(other).__name__.lower())
+            outputs.append(OutputSnapshot(name, dict(stats()) if stats else {}, connected))
+        box = self.outbox
+        return Snapshot(
+            states=self._states,
+            events=dict(self._events),
+            outputs=tuple(outputs),
+            outbox=box.stats() if box is not None else None,
+            outbox_dropped=dict(box.dropped) if box is not None else {},
+            outbox_errors=dict(box.errors) if box is not None else {},
+            faults=dict(self.faults.counts),
+            tasks=self.supervisor.snapshot(),
+        )
+
+    def snapshot(self) -> Snapshot:
+        """From the HTTP thread: ask the loop for a fresh snapshot; the last one if it is busy."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return self._last
+        with contextlib.suppress(RuntimeError):
+            if asyncio.get_running_loop() is loop:  # called on the loop itself (tests, tools)
+                self._last = self.build_snapshot()
+                return self._last
+        fut: concurrent.futures.Future[Snapshot] = concurrent.futures.Future()
+
+        def build() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(self.build_snapshot())
+            except Exception as exc:
+                fut.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(build)
+            self._last = fut.result(SNAPSHOT_WAIT)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+        except RuntimeError:
+            pass  # the loop closed meanwhile: the agent is stopping
+        return self._last
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         lag = time.monotonic() - self._tick
+        snap = self.snapshot()
         outputs: dict[str, Any] = {}
-        for sink in self.sinks:
+        for out in snap.outputs:
             entry: dict[str, Any] = {}
-            if hasattr(sink, "connected"):
-                entry["connected"] = bool(sink.connected)
-            if hasattr(sink, "stats"):
-                entry.update(sink.stats())
-            outputs[getattr(sink, "name", type(sink).__name__)] = entry
+            if out.connected is not None:
+                entry["connected"] = out.connected
+            entry.update(out.stats)
+            outputs[out.name] = entry
+        stalled = lag >= self.config.stall_after
+        down = list(snap.tasks.get("down", []))
         body: dict[str, Any] = {
-            "status": "ok" if lag < self.config.stall_after else "stalled",
+            "status": "stalled" if stalled else "degraded" if down else "ok",
             "site": self.site,
             "loop_lag_s": round(lag, 3),
-            "devices": len(self._states),
+            "devices": len(snap.states),
             "outputs": outputs,
         }
-        if self.outbox is not None:
+        body.update(health_tasks(snap))
+        if snap.outbox is not None:
             body["outbox"] = {
-                "rows": sum(self.outbox.stats()["rows"].values()),
-                "write_errors": sum(self.outbox.errors.values()),
+                "rows": sum(snap.outbox["rows"].values()),
+                "write_errors": sum(snap.outbox_errors.values()),
             }
-        return lag < self.config.stall_after, body
+        # A dead task is "degraded" but still 200: the agent restarts it itself, and a liveness
+        # probe that restarted the whole agent for it would interrupt a plan in progress.
+        return not stalled, body
 
     def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -186,7 +276,8 @@ class _SiteCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         sink = self.sink
         site = sink.site
-        states = sink._states  # one snapshot: the loop replaces the dict, never mutates it
+        snap = sink.snapshot()
+        states = snap.states
         labels = ["site", "device", "driver"]
         families: dict[str, GaugeMetricFamily] = {}
         comm = GaugeMetricFamily(
@@ -232,9 +323,10 @@ class _SiteCollector(Collector):
         yield info
         yield updated
         yield from families.values()
-        yield from self._agent_metrics()
+        yield from self._agent_metrics(snap)
+        yield from fault_metrics(site, snap)
 
-    def _agent_metrics(self) -> Iterator[Metric]:
+    def _agent_metrics(self, snap: Snapshot) -> Iterator[Metric]:
         sink = self.sink
         up = GaugeMetricFamily("facility_agent_up", "1 while the agent runs", None, ["site"])
         up.add_metric([sink.site], 1.0)
@@ -249,20 +341,16 @@ class _SiteCollector(Collector):
             "Events raised since start",
             labels=["site", "type", "severity"],
         )
-        for (etype, severity), n in sorted(sink._events.items()):
+        for (etype, severity), n in sorted(snap.events.items()):
             events.add_metric([sink.site, etype, severity], float(n))
         yield events
         per_stat: dict[str, list[tuple[str, float]]] = {}
-        for other in sink.sinks:
-            stats = getattr(other, "stats", None)
-            if stats is None:
-                continue
-            name = getattr(other, "name", type(other).__name__.lower())
-            for key, value in stats().items():
+        for out in snap.outputs:
+            for key, value in out.stats.items():
                 if isinstance(value, int | float) and not isinstance(value, bool):
-                    per_stat.setdefault(key, []).append((name, float(value)))
-            if hasattr(other, "connected"):
-                per_stat.setdefault("connected", []).append((name, float(bool(other.connected))))
+                    per_stat.setdefault(key, []).append((out.name, float(value)))
+            if out.connected is not None:
+                per_stat.setdefault("connected", []).append((out.name, float(out.connected)))
         for key, values in sorted(per_stat.items()):
             fam_name = f"facility_agent_output_{_UNSAFE.sub('_', key)}"
             family: Metric
@@ -273,8 +361,8 @@ class _SiteCollector(Collector):
             for output, value in values:
                 family.add_metric([output], value)
             yield family
-        if sink.outbox is not None:
-            stats = sink.outbox.stats()
+        if snap.outbox is not None:
+            stats = snap.outbox
             rows = GaugeMetricFamily(
                 "facility_agent_outbox_rows", "Messages waiting in the outbox", None, ["output"]
             )
@@ -286,15 +374,59 @@ class _SiteCollector(Collector):
                 "Messages the outbox bounds dropped (or set aside as undeliverable)",
                 labels=["output", "reason"],
             )
-            for (output, reason), n in sorted(sink.outbox.dropped.items()):
+            for (output, reason), n in sorted(snap.outbox_dropped.items()):
                 dropped.add_metric([output, reason], float(n))
             yield dropped
             errors = CounterMetricFamily(
                 "facility_agent_outbox_errors", "Failed outbox writes or reads", labels=["kind"]
             )
-            for kind, n in sorted(sink.outbox.errors.items()):
+            for kind, n in sorted(snap.outbox_errors.items()):
                 errors.add_metric([kind], float(n))
             yield errors
             size = GaugeMetricFamily("facility_agent_outbox_bytes", "Bytes used by the outbox")
             size.add_metric([], float(stats["bytes"]))
             yield size
+
+
+# -- fault isolation and supervision (kept apart from the metrics above) ----------------------
+
+
+def health_tasks(snap: Snapshot) -> dict[str, Any]:
+    """`/healthz` fields: tasks down now (the check fails while any is), restarts so far."""
+    out: dict[str, Any] = {"tasks_down": list(snap.tasks.get("down", []))}
+    restarts = snap.tasks.get("restarts")
+    if restarts:
+        out["task_restarts"] = dict(restarts)
+    failures: dict[str, int] = {}
+    for (part, _), n in snap.faults.items():
+        failures[part] = failures.get(part, 0) + n
+    if failures:
+        out["publish_errors"] = failures
+    return out
+
+
+def fault_metrics(site: str, snap: Snapshot) -> Iterator[Metric]:
+    """Sinks that raised on the event path, and supervised tasks down or restarted."""
+    errors = CounterMetricFamily(
+        "facility_agent_output_publish_errors",
+        "Times an output (or listener) raised while handed a state or event",
+        labels=["output", "kind"],
+    )
+    for (part, kind), n in sorted(snap.faults.items()):
+        errors.add_metric([part, kind], float(n))
+    yield errors
+    down = GaugeMetricFamily(
+        "facility_agent_task_down",
+        "1 while a supervised task is dead, waiting to restart",
+        None,
+        ["site", "task"],
+    )
+    for entry in snap.tasks.get("down", []):
+        down.add_metric([site, str(entry["name"])], 1.0)
+    yield down
+    restarts = CounterMetricFamily(
+        "facility_agent_task_restarts", "Restarts of supervised tasks", labels=["site", "task"]
+    )
+    for name, n in sorted(snap.tasks.get("restarts", {}).items()):
+        restarts.add_metric([site, name], float(n))
+    yield restarts
