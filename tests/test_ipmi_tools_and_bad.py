@@ -144,7 +144,7 @@ async def test_unreachable_bmc_is_a_device_error_within_the_timeout() -> None:
 
 async def test_unknown_sensor_type_is_published_not_fatal(sim: RunningSimulator) -> None:
     assert sim.ipmi is not None
-    sim.ipmi.faults("srv-03").oem_sensor = True
+    await sim.ipmi.set_faults("srv-03", oem_sensor=True)
     driver = driver_for(port_of(sim, "srv-03"))
     sample = await driver.poll()
     assert "sensor.oem_widget.health" in sample.metrics
@@ -154,12 +154,12 @@ async def test_unknown_sensor_type_is_published_not_fatal(sim: RunningSimulator)
 
 async def test_malformed_sdr_is_a_protocol_error(sim: RunningSimulator) -> None:
     assert sim.ipmi is not None
-    sim.ipmi.faults("srv-04").malformed_sdr = True
+    await sim.ipmi.set_faults("srv-04", malformed_sdr=True)
     driver = driver_for(port_of(sim, "srv-04"))
     with pytest.raises(ProtocolError) as err:
         await driver.poll()
     assert f"127.0.0.1:{port_of(sim, 'srv-04')}" in err.value.reason
-    sim.ipmi.faults("srv-04").malformed_sdr = False
+    await sim.ipmi.set_faults("srv-04", malformed_sdr=False)
     await driver.close()
 
 
@@ -170,7 +170,7 @@ async def test_slow_bmc_never_delays_another(sim: RunningSimulator) -> None:
     fast = driver_for(port_of(sim, "srv-02"), timeout=2, id="srv-02")
     await slow.poll()
     await fast.poll()
-    sim.ipmi.faults("srv-01").delay = 10.0
+    await sim.ipmi.set_faults("srv-01", delay=10.0)
     slow_task = asyncio.create_task(slow.poll())
     fast_times = []
     for _ in range(5):
@@ -184,7 +184,7 @@ async def test_slow_bmc_never_delays_another(sim: RunningSimulator) -> None:
     with pytest.raises(DeviceTimeout, match=r"still busy|no answer"):
         await slow.poll()
     assert max(fast_times) < 1.5, fast_times
-    sim.ipmi.faults("srv-01").delay = 0.0
+    await sim.ipmi.set_faults("srv-01", delay=0.0)
     # Once its stuck request has given up, the slow device logs in afresh and polls again.
     await recovered(slow)
     await fast.close()
