@@ -380,6 +380,7 @@ class _Bmc:
                     units=str(r.units or ""),
                     health=int(r.health or 0),
                     states=tuple(str(s) for s in (r.states or ())),
+                    unavailable=bool(getattr(r, "unavailable", 0)),
                 )
             )
         sdr = cmd.init_sdr()
@@ -539,7 +540,13 @@ class IpmiDriver(Driver):
             described.append(f"{text} on {sensor}, SEL #{rec.record_id}")
         if described:
             metrics["sel.last"] = "; ".join(described)
-        return Sample(device=self.cfg.id, ts=utcnow(), status=tuple(flags), metrics=metrics)
+        return Sample(
+            device=self.cfg.id,
+            ts=utcnow(),
+            status=tuple(flags),
+            metrics=metrics,
+            unknown=summary.unknown,
+        )
 
     # ---- actions ------------------------------------------------------------------------
 

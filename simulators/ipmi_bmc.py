@@ -90,6 +90,10 @@ class BmcFaults:
     oem_sensor: bool = False
     #: Cut every SDR record short (a malformed repository).
     malformed_sdr: bool = False
+    #: Sensor numbers whose reading says "reading unavailable" (byte 2 bit 5 set).
+    unavailable: list[int] = field(default_factory=list)
+    #: Sensor numbers whose reading says "scanning disabled" (byte 2 bit 6 clear).
+    not_scanning: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -224,6 +228,16 @@ def _make_bmc_class() -> type[Any]:
             return out
 
         def reading(self, num: int) -> bytes | None:
+            value = self._reading(num)
+            if value is None:
+                return None
+            if num in self.faults.unavailable:
+                return bytes([0, 0xE0, *value[2:]])  # scanning on, reading unavailable
+            if num in self.faults.not_scanning:
+                return bytes([0, 0x80, *value[2:]])  # events on, scanning disabled
+            return value
+
+        def _reading(self, num: int) -> bytes | None:
             s = self.server
             on = s.powered
             if num == TEMP_INLET:

@@ -141,3 +141,28 @@ def test_io_thread_never_blocks_in_recvfrom_on_a_drained_socket() -> None:
             s.sendto(b"\x00", sock.getsockname())
         reader.join(2.0)
         sock.close()
+
+
+async def test_ipmi_sim_sensor_with_scanning_disabled_is_unknown(ipmi_sim: IpmiSim) -> None:
+    """The real BMC emulator turns scanning off for its power sensor: `server.power` is
+    unknown (named in the sample), not 0 W; scanning back on, it is a reading again."""
+    from .fixtures.ipmi import POWER
+
+    off = "000000000000000"
+    driver = driver_for(ipmi_sim.port, ipmi_sim.admin)
+    try:
+        ipmi_sim.command(
+            f"sensor_set_event_support 0x20 0 {POWER} enable no-scanning per-state "
+            f"{off} {off} {off} {off}"
+        )
+        sample = await driver.poll()
+        assert "server.power" in sample.unknown and "server.power" not in sample.metrics
+        assert "sensor.sys_power.value" in sample.unknown
+    finally:
+        ipmi_sim.command(
+            f"sensor_set_event_support 0x20 0 {POWER} enable scanning per-state "
+            f"{off} {off} {off} {off}"
+        )
+    sample = await driver.poll()
+    assert sample.unknown == () and sample.metrics["server.power"] == 250.0
+    await driver.close()

@@ -215,3 +215,30 @@ async def recovered(driver: IpmiDriver, within: float = 40.0) -> None:
         except DeviceError:
             assert time.monotonic() < deadline, "the device never recovered"
             await asyncio.sleep(0.5)
+
+
+async def test_unavailable_and_unscanned_sensors_are_unknown(sim: RunningSimulator) -> None:
+    """IPMI's own "reading unavailable" and "scanning disabled" bits: no value, named unknown."""
+    from facility_agent.simulators.ipmi_bmc import PSU2, SYS_POWER, TEMP_INLET
+
+    assert sim.ipmi is not None
+    await sim.ipmi.set_faults("srv-02", unavailable=[TEMP_INLET, PSU2], not_scanning=[SYS_POWER])
+    driver = driver_for(port_of(sim, "srv-02"))
+    try:
+        sample = await driver.poll()
+        for name in (
+            "ambient.temperature",
+            "sensor.inlet_temp.value",
+            "server.power",
+            "sensor.sys_power.value",
+            "psu.2.status",
+            "psu.redundancy",
+        ):
+            assert name in sample.unknown and name not in sample.metrics, name
+        assert sample.metrics["psu.1.status"] == "ok"
+        assert sample.metrics["sensor.cpu_temp.value"] > 0
+    finally:
+        await sim.ipmi.set_faults("srv-02", unavailable=[], not_scanning=[])
+    sample = await driver.poll()
+    assert sample.unknown == () and sample.metrics["psu.redundancy"] == "ok"
+    await driver.close()
