@@ -2,10 +2,12 @@
 
 pyghmi is blocking, so every BMC gets ONE worker thread of its own: requests to one BMC are
 serialized (a BMC handles one session's requests in order anyway), and a BMC that takes 10 s,
-or never answers, only ever holds up its own thread. The event loop only awaits futures under
-a deadline; a request still running past it leaves the thread busy, and the next poll fails at
-once ("still busy") instead of queueing behind it. The session is kept between polls and
-dropped on any error, so the next poll logs in again.
+or never answers, only ever holds up its own thread. Every wait inside that thread ends at the
+call's deadline (pyghmi's waits are replaced by bounded ones that raise past it), so the thread
+always comes back with a typed error; a request still running when the next poll is due makes
+that poll fail at once ("still busy") instead of queueing behind it. The session is kept
+between polls and dropped on any error, so the next poll logs in again. Why pyghmi used to wait
+forever, and what is patched: `_patch_socket_modes`, `_patch_io_wait`, drivers/README.md.
 
 A poll reads the chassis power state, every SDR sensor and any new SEL entries (SEL Info first,
 so an unchanged log costs one request).

@@ -117,6 +117,17 @@ async def test_freeipmi_reads_sensors_and_chassis(sim: RunningSimulator, tmp_pat
 # ---- bad BMCs ---------------------------------------------------------------------------
 
 
+_open: list[IpmiDriver] = []
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="module")
+async def _close_drivers() -> AsyncIterator[None]:
+    """Every driver a test made is closed, even when the test fails."""
+    yield
+    while _open:
+        await _open.pop().close()
+
+
 def driver_for(port: int, **extra: object) -> IpmiDriver:
     keys: dict[str, object] = {
         "id": "srv-bad",
@@ -128,7 +139,9 @@ def driver_for(port: int, **extra: object) -> IpmiDriver:
         "timeout": 3,
     }
     keys.update(extra)
-    return IpmiDriver(IpmiDeviceConfig.model_validate(keys))
+    driver = IpmiDriver(IpmiDeviceConfig.model_validate(keys))
+    _open.append(driver)
+    return driver
 
 
 async def test_unreachable_bmc_is_a_device_error_within_the_timeout() -> None:
