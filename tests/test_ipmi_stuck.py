@@ -8,10 +8,14 @@ block in `recvfrom()` when a sender has switched the shared socket to blocking m
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +170,28 @@ async def test_ipmi_sim_sensor_with_scanning_disabled_is_unknown(ipmi_sim: IpmiS
     sample = await driver.poll()
     assert sample.unknown == () and sample.metrics["server.power"] == 250.0
     await driver.close()
+
+
+STUCK_TEST = """
+import threading
+
+def test_leaves_a_thread_stuck() -> None:
+    threading.Thread(target=threading.Event().wait, name="stuck-forever").start()
+"""
+
+
+def test_a_thread_left_stuck_fails_the_run_instead_of_hanging_it(tmp_path: Path) -> None:
+    """A pytest run whose test leaves a non-daemon thread blocked forever: without the guard
+    the process never exits; with it the run fails at once, naming the thread."""
+    (tmp_path / "test_stuck.py").write_text(STUCK_TEST)
+    repo = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    argv += ["-p", "tests.fixtures.threads", "--rootdir", str(tmp_path), str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    started = time.monotonic()
+    out = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1, text
+    assert "1 passed" in text and "1 error" in text, text
+    assert "'stuck-forever'" in text and "still alive" in text, text
+    assert time.monotonic() - started < 60
