@@ -403,11 +403,9 @@ def section(data: dict[str, Any]) -> str:
     ]
     if c["failed"]:
         lines += [
-            f"**Not solved:** {c['failed']} polls failed in this run, each after the full 10 s "
-            "deadline (the max round above): with many concurrent sessions in one process some "
-            "pyghmi requests are never answered or never noticed (the simulated BMCs share one "
-            "pyghmi loop too). Each failed device recovers at its next poll and the others are "
-            "not held up, but the cause is not found.",
+            f"**{c['failed']} polls failed in this run.** Until 2026-12-03 such failures came "
+            "from a race in pyghmi's socket handling (drivers/README.md, 'Why sessions used to "
+            "wait forever'), fixed since: look for a regression.",
             "",
         ]
     lines += [
