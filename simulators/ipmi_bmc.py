@@ -686,6 +686,11 @@ def _wake_io_thread() -> None:
 
 
 if __name__ == "__main__":
+    # Ctrl-C in a terminal reaches the whole process group: the simulator shuts down and
+    # closes our stdin, which is our cue (no KeyboardInterrupt traceback from here).
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The protocol has stdout to itself: pyghmi prints some errors, so those go to stderr.
     _proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
