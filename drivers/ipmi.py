@@ -2,10 +2,12 @@
 
 pyghmi is blocking, so every BMC gets ONE worker thread of its own: requests to one BMC are
 serialized (a BMC handles one session's requests in order anyway), and a BMC that takes 10 s,
-or never answers, only ever holds up its own thread. The event loop only awaits futures under
-a deadline; a request still running past it leaves the thread busy, and the next poll fails at
-once ("still busy") instead of queueing behind it. The session is kept between polls and
-dropped on any error, so the next poll logs in again.
+or never answers, only ever holds up its own thread. Every wait inside that thread ends at the
+call's deadline (pyghmi's waits are replaced by bounded ones that raise past it), so the thread
+always comes back with a typed error; a request still running when the next poll is due makes
+that poll fail at once ("still busy") instead of queueing behind it. The session is kept
+between polls and dropped on any error, so the next poll logs in again. Why pyghmi used to wait
+forever, and what is patched: `_patch_socket_modes`, `_patch_io_wait`, drivers/README.md.
 
 A poll reads the chassis power state, every SDR sensor and any new SEL entries (SEL Info first,
 so an unchanged log costs one request).
@@ -46,6 +48,9 @@ _PRIV_LEVEL = {"user": 2, "operator": 3, "administrator": 4}
 #: Power actions the policy engine can call, and the chassis state each one ends in.
 #: How long an action waits for a sensor poll in flight on the same BMC before it gives up.
 ACTION_WAIT = 30.0
+#: How far past its deadline a call may run before the event loop stops waiting for its
+#: thread (the thread ends by itself at the deadline: every wait inside it is bounded).
+CALL_MARGIN = 1.0
 
 POWER_ACTIONS: dict[str, str] = {
     "power_on": "on",
@@ -146,14 +151,71 @@ def _patch_pyghmi() -> None:
 
     tlv_decode._facility_agent = True  # type: ignore[attr-defined]
     sdr.SDREntry.tlv_decode = tlv_decode
+    _patch_socket_modes()
     _patch_io_wait()
 
 
+class _Expired(BaseException):
+    """Raised inside pyghmi when a call's deadline has passed. A BaseException, so pyghmi's
+    own `except Exception` blocks cannot swallow it: the thread unwinds back to the driver."""
+
+
+#: The deadline (monotonic) of the driver call running on this thread; unset = no deadline.
+_CALL = threading.local()
+
+
+def _check_deadline() -> float | None:
+    """Seconds left for this thread's call (None: no deadline); raises once it has passed."""
+    deadline: float | None = getattr(_CALL, "deadline", None)
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _Expired
+    return left
+
+
+def _patch_socket_modes() -> None:
+    """The cause of the sessions that waited forever (issue 15, and the late polls).
+
+    pyghmi's senders call `setblocking(1)` on a socket that its I/O thread shares, and the I/O
+    thread calls `setblocking(0)` then `recvfrom()`. When a sender flips the mode in between,
+    the I/O thread sits in a blocking `recvfrom()` on a drained socket: no reply is read and
+    no waiter is woken (their waits had no timeout) until some packet happens to arrive on that
+    socket. With many BMCs (or simulated BMCs in the same process) that is seconds or forever.
+    Here receiving never blocks whatever the mode (MSG_DONTWAIT) and sending leaves the mode
+    alone."""
+    import socket
+
+    from pyghmi.ipmi.private import session as ps
+
+    if getattr(ps._io_recvfrom, "_facility_agent", False):
+        return
+
+    def io_recvfrom(sock: Any, size: int) -> Any:
+        try:
+            return sock.recvfrom(size, socket.MSG_DONTWAIT)
+        except OSError:
+            return None
+
+    def io_sendto(sock: Any, packet: Any, sockaddr: Any) -> None:
+        with contextlib.suppress(Exception):
+            sock.sendto(packet, sockaddr)
+
+    io_recvfrom._facility_agent = True  # type: ignore[attr-defined]
+    ps._io_recvfrom = io_recvfrom
+    ps._io_sendto = io_sendto
+
+
 def _patch_io_wait() -> None:
-    """pyghmi's reply wait loses wake-ups: a reply read by its I/O thread (or handled by another
-    thread) before the caller's waiter is queued leaves the caller asleep until the retransmit
-    timer, 0.5-1.5 s later. PHYSICS measured this as a p99 of ~0.7 s. A directed wait here also
-    looks every 5 ms for a reply already queued or already handled for that BMC."""
+    """Every pyghmi wait ends: at its own timeout, and at the driver call's deadline.
+
+    pyghmi's `_io_wait` sleeps on an event with no timeout and relies on its I/O thread to
+    wake it; a stalled I/O thread (see `_patch_socket_modes`) or a lost wake-up left the caller
+    asleep forever. It also loses wake-ups: a reply read before the caller's waiter is queued
+    is noticed only at the retransmit timer (PHYSICS: p99 ~0.7 s), so a directed wait looks
+    every 5 ms for a reply already queued or handled for its BMC. `Session.wait_for_rsp` also
+    checks the deadline, since pyghmi spins on it in `while self.logging:` loops."""
     from pyghmi.ipmi.private import session as ps
 
     original = ps._io_wait
@@ -168,20 +230,60 @@ def _patch_io_wait() -> None:
         )
 
     def io_wait(timeout: float, myaddr: Any = None, evq: Any = None) -> None:
-        if myaddr is None or evq is not None:
-            original(timeout, myaddr, evq)
-            return
+        left = _check_deadline()
+        timeout = max(0.0, float(timeout or 0.0))
+        if left is not None:
+            timeout = min(timeout, left)
         evt = threading.Event()
+        if evq is not None:
+            evq.append(evt)
         deadline = timeout + ps._monotonic_time()
         ps.ioqueue.append((deadline, evt, myaddr))
         if deadline < ps.selectdeadline:
-            ps.iosockets[0].sendto(b"\x01", (ps.myself, ps.iosockets[0].getsockname()[1]))
-        while not evt.wait(0.005):
-            if replied(myaddr) or ps._monotonic_time() >= deadline:
-                return
+            with contextlib.suppress(Exception):
+                ps.iosockets[0].sendto(b"\x01", (ps.myself, ps.iosockets[0].getsockname()[1]))
+        directed = myaddr is not None and evq is None
+        while not evt.wait(0.005 if directed else 0.05):
+            if (directed and replied(myaddr)) or ps._monotonic_time() >= deadline:
+                break
+        _check_deadline()
+
+    wait_for_rsp = ps.Session.wait_for_rsp.__func__
+
+    def checked_wait_for_rsp(cls: Any, timeout: Any = None, callout: bool = True) -> Any:
+        _check_deadline()
+        return wait_for_rsp(cls, timeout, callout)
 
     io_wait._facility_agent = True  # type: ignore[attr-defined]
     ps._io_wait = io_wait
+    ps.Session.wait_for_rsp = classmethod(checked_wait_for_rsp)
+
+
+def _forget_sessions(host: str, port: int) -> None:
+    """Mark every pyghmi session of this BMC broken after a call was cut off mid-way.
+
+    A session left half logged in stays in pyghmi's tables, and the next `Command()` for the
+    same BMC would join it and wait for a login that never ends."""
+    from pyghmi.ipmi.private import session as ps
+
+    found = [s for s in list(ps.Session.initting_sessions.values())]
+    for by_port in list(ps.Session.bmc_handlers.values()):
+        if isinstance(by_port, dict):
+            found.extend(by_port.values())
+    for sess in found:
+        if getattr(sess, "bmc", None) != host or getattr(sess, "port", None) != port:
+            continue
+        if getattr(sess, "servermode", False):
+            continue
+        _CALL.deadline = time.monotonic() + 0.5  # logout may send one request
+        try:
+            sess._mark_broken("the driver gave up on this session")
+        except (Exception, _Expired):
+            sess.logged = 0
+            with contextlib.suppress(Exception, _Expired):
+                sess._mark_broken("the driver gave up on this session")
+        finally:
+            _CALL.deadline = None
 
 
 _PATCH_LOCK = threading.Lock()
@@ -233,8 +335,13 @@ class _Bmc:
     def drop(self) -> None:
         cmd, self.cmd = self.cmd, None
         if cmd is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception, _Expired):
                 cmd.ipmi_session.logout()
+
+    def forget(self) -> None:
+        """After a call was cut off: no session of this BMC is left half-way in pyghmi."""
+        self.cmd = None
+        _forget_sessions(self.cfg.host, self.cfg.port)
 
     def translate(self, exc: BaseException, doing: str) -> DeviceError:
         """A pyghmi exception as a DeviceError that names the BMC and never the password."""
@@ -275,6 +382,7 @@ class _Bmc:
                     units=str(r.units or ""),
                     health=int(r.health or 0),
                     states=tuple(str(s) for s in (r.states or ())),
+                    unavailable=bool(getattr(r, "unavailable", 0)),
                 )
             )
         sdr = cmd.init_sdr()
@@ -378,26 +486,34 @@ class IpmiDriver(Driver):
             except Exception:
                 pass  # the earlier request failed on its own; this one may still succeed
         bmc = self._bmc
+        limit = self.cfg.poll_timeout if timeout is None else timeout
 
         def guarded() -> T:
+            _CALL.deadline = time.monotonic() + limit
             try:
                 return fn()
+            except _Expired:
+                bmc.forget()
+                raise DeviceTimeout(
+                    f"{bmc.where}: no answer within {limit:g} s ({doing})"
+                ) from None
             except DeviceError:
                 bmc.drop()
                 raise
             except Exception as exc:
                 bmc.drop()
                 raise bmc.translate(exc, doing) from None
+            finally:
+                _CALL.deadline = None
 
         fut = self._pool.submit(guarded)
         self._busy = fut
-        limit = self.cfg.poll_timeout if timeout is None else timeout
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(fut), limit)
+            # The thread itself gives up at `limit` (every wait in it is bounded); this is the
+            # backstop should it still be running CPU-bound code.
+            return await asyncio.wait_for(asyncio.wrap_future(fut), limit + CALL_MARGIN)
         except TimeoutError:
-            # The thread stays stuck in pyghmi until its own retries give up; the session is
-            # dropped then, so the next poll starts afresh.
-            fut.add_done_callback(lambda _f: bmc.drop())
+            fut.add_done_callback(lambda _f: bmc.forget())
             raise DeviceTimeout(f"{self.where}: no answer within {limit:g} s ({doing})") from None
 
     async def poll(self) -> Sample:
@@ -426,7 +542,13 @@ class IpmiDriver(Driver):
             described.append(f"{text} on {sensor}, SEL #{rec.record_id}")
         if described:
             metrics["sel.last"] = "; ".join(described)
-        return Sample(device=self.cfg.id, ts=utcnow(), status=tuple(flags), metrics=metrics)
+        return Sample(
+            device=self.cfg.id,
+            ts=utcnow(),
+            status=tuple(flags),
+            metrics=metrics,
+            unknown=summary.unknown,
+        )
 
     # ---- actions ------------------------------------------------------------------------
 
@@ -513,6 +635,14 @@ class IpmiDriver(Driver):
     async def close(self) -> None:
         bmc = self._bmc
         if self._busy is None or self._busy.done():
+
+            def logout() -> None:
+                _CALL.deadline = time.monotonic() + 2.0
+                try:
+                    bmc.drop()
+                finally:
+                    _CALL.deadline = None
+
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.wrap_future(self._pool.submit(bmc.drop)), 2.0)
+                await asyncio.wait_for(asyncio.wrap_future(self._pool.submit(logout)), 3.0)
         self._pool.shutdown(wait=False, cancel_futures=True)

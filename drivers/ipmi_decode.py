@@ -30,6 +30,9 @@ class SensorValue:
     units: str
     health: int
     states: tuple[str, ...]
+    #: The reading said "reading unavailable" or "scanning disabled" (IPMI 2.0 table 35-15,
+    #: byte 2 bits 5 and 6): no value and no state, not a reading at all.
+    unavailable: bool = False
 
 
 def slug(name: str) -> str:
@@ -87,6 +90,8 @@ _AMBIENT_NAME = re.compile(r"(inlet|ambient|intake|room)", re.I)
 class Summary:
     metrics: dict[str, MetricValue]
     flags: tuple[str, ...]
+    #: Metrics this poll could not read (an unavailable sensor, and what derives from it).
+    unknown: tuple[str, ...] = ()
 
 
 def summarize(
@@ -99,14 +104,27 @@ def summarize(
         flags.append("POWER_ON" if powered else "POWER_OFF")
         metrics["server.power.state"] = "on" if powered else "off"
     watts: list[SensorValue] = []
-    psus: dict[int, str] = {}
+    psus: dict[int, str | None] = {}
     ambient: float | None = None
     seen: set[str] = set()
+    unknown: list[str] = []
     for sensor in sensors:
         key = slug(sensor.name)
         while key in seen:  # two sensors with one name: keep both
             key += "_"
         seen.add(key)
+        if sensor.unavailable:
+            # No value, no state, no health: an unknown stays unknown (never 0, never "ok").
+            kind = "value" if sensor.units else "states"
+            unknown += [f"sensor.{key}.health", f"sensor.{key}.{kind}"]
+            if sensor.units == "W":
+                watts.append(sensor)
+            if is_psu(sensor):
+                n = psu_number(sensor.name, len(psus) + 1)
+                while n in psus:
+                    n += 1
+                psus[n] = None
+            continue
         metrics[f"sensor.{key}.health"] = health_name(sensor.health)
         if sensor.value is not None:
             metrics[f"sensor.{key}.value"] = round(float(sensor.value), 3)
@@ -128,37 +146,52 @@ def summarize(
     power = _server_power(watts, power_sensor)
     if power is not None:
         metrics["server.power"] = round(power, 1)
+    elif any(s.unavailable for s in watts):
+        unknown.append("server.power")
     if ambient is not None:
         metrics["ambient.temperature"] = round(ambient, 1)
+    elif any(
+        s.unavailable and s.type.lower() == "temperature" and _AMBIENT_NAME.search(s.name)
+        for s in sensors
+    ):
+        unknown.append("ambient.temperature")
     if psus:
         metrics["psu.count"] = len(psus)
+        known = [s for s in psus.values() if s is not None]
         for n in sorted(psus):
-            metrics[f"psu.{n}.status"] = psus[n]
-        state = redundancy(list(psus.values()))
-        metrics["psu.redundancy"] = state
-        if any(s == "failed" for s in psus.values()):
+            status = psus[n]
+            if status is None:
+                unknown.append(f"psu.{n}.status")
+            else:
+                metrics[f"psu.{n}.status"] = status
+        if len(known) == len(psus):
+            metrics["psu.redundancy"] = redundancy(known)
+        else:
+            unknown.append("psu.redundancy")
+        if any(s == "failed" for s in known):
             flags.append("PSU_FAIL")
-        if any(s == "input_lost" for s in psus.values()):
+        if any(s == "input_lost" for s in known):
             flags.append("PSU_NO_INPUT")
-        if state != "ok":
+        # One known bad PSU is enough to know redundancy is not ok, whatever the others say.
+        if known and redundancy(known) != "ok":
             flags.append("NOT_REDUNDANT")
-    if any(health_name(s.health) in ("critical", "failed") for s in sensors):
+    if any(health_name(s.health) in ("critical", "failed") for s in sensors if not s.unavailable):
         flags.append("SENSOR_CRIT")
-    return Summary(metrics, tuple(flags))
+    return Summary(metrics, tuple(flags), tuple(sorted(set(unknown))))
 
 
 def _server_power(watts: Sequence[SensorValue], wanted: str | None) -> float | None:
     """The server's draw: the named sensor, a system/total one, else the sum of all W sensors."""
     if wanted is not None:
         for s in watts:
-            if s.name == wanted and s.value is not None:
+            if s.name == wanted and s.value is not None and not s.unavailable:
                 return float(s.value)
         return None
     for s in watts:
-        if _POWER_NAME.search(s.name) and s.value is not None:
-            return float(s.value)
-    if not watts:
-        return None
+        if _POWER_NAME.search(s.name):
+            return None if s.unavailable or s.value is None else float(s.value)
+    if not watts or any(s.unavailable for s in watts):
+        return None  # a sum with an unread term is no reading
     return sum(float(s.value or 0.0) for s in watts)
 
 

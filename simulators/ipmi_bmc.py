@@ -7,24 +7,32 @@ fan, 12 V, system power and one status sensor per PSU (presence, failure, AC los
 its input when its PDU feed goes), and an SEL that logs PSU failures and AC loss as they happen.
 A server with no live PSU has no standby power: its BMC stops answering.
 
-pyghmi's server does its I/O on one global thread; requests are handled on a thread of ours
-that runs pyghmi's loop. Handlers only read the model (plain attributes, under the GIL); power
-commands are handed to the event loop that owns the model.
+The BMCs run in processes of their own (`BMCS_PER_PROCESS` each), never in the simulator's:
+pyghmi keeps one process-wide I/O thread and session table, and a pyghmi client in the same
+process (a test, a drill's agent) would share them with the servers. The simulator process
+keeps the model; `IpmiFace` sends each child the servers' state (power, load, PSU feeds) as it
+changes, one JSON line on the child's stdin, and the child sends power commands back on its
+stdout. A child ends when its stdin closes, so it never outlives the simulator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import socket
 import struct
+import sys
 import threading
 import time
 import zlib
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
 
-from .site import Server, SimulatedSite
+from .site import SimulatedSite
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,10 @@ class BmcFaults:
     oem_sensor: bool = False
     #: Cut every SDR record short (a malformed repository).
     malformed_sdr: bool = False
+    #: Sensor numbers whose reading says "reading unavailable" (byte 2 bit 5 set).
+    unavailable: list[int] = field(default_factory=list)
+    #: Sensor numbers whose reading says "scanning disabled" (byte 2 bit 6 clear).
+    not_scanning: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -99,7 +111,28 @@ class _BmcState:
     next_id: int = 1
 
 
-def _psu_bits(server: Server, index: int) -> int:
+@dataclass
+class ServerView:
+    """What a BMC process knows of its server: the model's state as last sent."""
+
+    name: str
+    powered: bool = True
+    power_w: float = 0.0
+    psu_live: list[bool] = field(default_factory=list)
+    psu_failed: list[bool] = field(default_factory=list)
+
+
+def _view_state(server: Any) -> dict[str, Any]:
+    """The part of a model server its BMC shows (the simulator sends this to the BMC)."""
+    return {
+        "powered": bool(server.powered),
+        "power_w": round(float(server.power_w), 1),
+        "psu_live": [bool(x) for x in server.psu_live],
+        "psu_failed": [bool(x) for x in server.psu_failed],
+    }
+
+
+def _psu_bits(server: ServerView, index: int) -> int:
     bits = 0x01  # present
     if server.psu_failed[index]:
         bits |= 0x02
@@ -117,11 +150,18 @@ def _make_bmc_class() -> type[Any]:
     _patch_cipher(serversession)
 
     class SiteBmc(pbmc.Bmc):  # type: ignore[misc]
-        def __init__(self, face: IpmiFace, server: Server, port: int) -> None:
-            super().__init__(dict(face.users), port=port, address=face.host)
+        def __init__(
+            self,
+            host: str,
+            users: dict[str, str],
+            server: ServerView,
+            port: int,
+            send: Callable[[dict[str, Any]], None],
+        ) -> None:
+            super().__init__(dict(users), port=port, address=host)
             self.port = self.serversocket.getsockname()[1]
             serversession.ipmisession.Session.bmc_handlers[self.serversocket] = {0: self}
-            self.face = face
+            self.send = send
             self.server = server
             self.npsu = min(2, len(server.psu_live))
             self.state = _BmcState(psu_bits=[_psu_bits(server, i) for i in range(self.npsu)])
@@ -145,25 +185,22 @@ def _make_bmc_class() -> type[Any]:
         def get_power_state(self) -> str:
             return "on" if self.server.powered else "off"
 
-        def _model(self, fn: Any) -> int:
-            self.face.call_in_loop(fn)
+        def _model(self, op: str) -> int:
+            """Power commands act on the model, which lives in the simulator's process."""
+            self.send({"power": op, "server": self.server.name})
             return 0
 
         def power_off(self) -> int:
-            return self._model(self.server.power_off)
+            return self._model("power_off")
 
         def power_on(self) -> int:
-            return self._model(self.server.power_on)
+            return self._model("power_on")
 
         def power_shutdown(self) -> int:
-            return self._model(self.server.shutdown)
+            return self._model("shutdown")
 
         def power_cycle(self) -> int:
-            def cycle() -> None:
-                self.server.power_off()
-                self.server.power_on()
-
-            return self._model(cycle)
+            return self._model("power_cycle")
 
         def power_reset(self) -> int:
             return self.power_cycle()
@@ -191,6 +228,16 @@ def _make_bmc_class() -> type[Any]:
             return out
 
         def reading(self, num: int) -> bytes | None:
+            value = self._reading(num)
+            if value is None:
+                return None
+            if num in self.faults.unavailable:
+                return bytes([0, 0xE0, *value[2:]])  # scanning on, reading unavailable
+            if num in self.faults.not_scanning:
+                return bytes([0, 0x80, *value[2:]])  # events on, scanning disabled
+            return value
+
+        def _reading(self, num: int) -> bytes | None:
             s = self.server
             on = s.powered
             if num == TEMP_INLET:
@@ -342,6 +389,27 @@ def _patch_cipher(serversession: Any) -> None:
     cls.create_open_session_response = create_open_session_response
 
 
+#: BMCs one child process serves (a site of 200 servers runs 4 of them).
+BMCS_PER_PROCESS = 50
+#: Real seconds between two looks at the model for state to send to the BMC processes.
+STATE_EVERY = 0.02
+
+
+class _Child:
+    """One BMC process and the servers it serves."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, names: list[str]) -> None:
+        self.proc = proc
+        self.names = names
+        self.sent: dict[str, dict[str, Any]] = {}
+        self.reader: asyncio.Task[None] | None = None
+
+    def send(self, msg: dict[str, Any]) -> None:
+        stdin = self.proc.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.write((json.dumps(msg) + "\n").encode())
+
+
 class IpmiFace:
     """Every simulated server's BMC; `ports` maps server name -> UDP port once started."""
 
@@ -351,10 +419,12 @@ class IpmiFace:
         host: str = "127.0.0.1",
         ports: dict[str, int] | int | None = 0,
         users: dict[str, str] | None = None,
+        per_process: int = BMCS_PER_PROCESS,
     ) -> None:
         self.site = site
         self.host = host
         self.users = dict(users or DEFAULT_USERS)
+        self.per_process = max(1, per_process)
         names = list(site.servers)
         if isinstance(ports, dict):
             self._wanted = {n: ports.get(n, 0) for n in names}
@@ -362,60 +432,207 @@ class IpmiFace:
             base = ports or 0
             self._wanted = {n: (base + i if base else 0) for i, n in enumerate(names)}
         self.ports: dict[str, int] = {}
-        self.bmcs: dict[str, Any] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._observer: asyncio.Task[None] | None = None
+        self._faults = {n: BmcFaults() for n in names}
+        self._children: list[_Child] = []
+        self._by_server: dict[str, _Child] = {}
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._next_ack = 0
+        self._pump: asyncio.Task[None] | None = None
 
-    def call_in_loop(self, fn: Any) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(fn)
+    @property
+    def pids(self) -> list[int]:
+        """The BMC processes (tests check that they end)."""
+        return [c.proc.pid for c in self._children]
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        cls = await asyncio.to_thread(_make_bmc_class)
-        for name, server in self.site.servers.items():
-            bmc = cls(self, server, self._wanted[name])
-            self.bmcs[name] = bmc
-            self.ports[name] = bmc.port
-        _wake_io_thread()
-        self._thread = threading.Thread(target=self._serve, name="sim-ipmi", daemon=True)
-        self._thread.start()
-        self._observer = asyncio.create_task(self._observe(), name="sim-ipmi-sel")
+        names = list(self.site.servers)
+        try:
+            for i in range(0, len(names), self.per_process):
+                await self._spawn(names[i : i + self.per_process])
+        except BaseException:
+            await self.stop()
+            raise
+        self._pump = asyncio.create_task(self._send_state(), name="sim-ipmi-state")
 
-    def _serve(self) -> None:
-        from pyghmi.ipmi.private import session as ps
+    async def _spawn(self, names: list[str]) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            __name__,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        child = _Child(proc, names)
+        self._children.append(child)
+        servers = {}
+        for n in names:
+            state = _view_state(self.site.servers[n])
+            child.sent[n] = state
+            servers[n] = {"port": self._wanted[n], "state": state}
+        child.send({"host": self.host, "users": self.users, "servers": servers})
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30.0)
+        if not line:
+            raise RuntimeError(f"the BMC process {proc.pid} ended before it listened")
+        ports: dict[str, int] = json.loads(line)["ports"]
+        self.ports.update(ports)
+        for n in names:
+            self._by_server[n] = child
+        child.reader = asyncio.create_task(self._read(child), name=f"sim-ipmi-{proc.pid}")
 
-        while not self._stop.is_set():
+    async def _read(self, child: _Child) -> None:
+        """Power commands and acknowledgements from one BMC process."""
+        assert child.proc.stdout is not None
+        while line := await child.proc.stdout.readline():
             try:
-                ps.Session.wait_for_rsp(timeout=0.2)
-            except Exception:
-                log.exception("simulated BMC loop")
-                time.sleep(0.05)
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "power" in msg:
+                self._power(str(msg["server"]), str(msg["power"]))
+            elif "ack" in msg:
+                fut = self._acks.pop(int(msg["ack"]), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
 
-    async def _observe(self) -> None:
-        """Watch the model so a PSU change lands in the SEL even if nobody polls meanwhile."""
+    def _power(self, name: str, op: str) -> None:
+        server = self.site.servers.get(name)
+        if server is None:
+            return
+        if op == "power_cycle":
+            server.power_off()
+            server.power_on()
+        elif op in ("power_off", "power_on", "shutdown"):
+            getattr(server, op)()
+        self._push()  # the BMC shows the new power state at once
+
+    def _push(self) -> None:
+        for child in self._children:
+            changed = {}
+            for n in child.names:
+                state = _view_state(self.site.servers[n])
+                if state != child.sent.get(n):
+                    changed[n] = state
+                    child.sent[n] = state
+            if changed:
+                child.send({"state": changed})
+
+    async def _send_state(self) -> None:
         while True:
-            for bmc in self.bmcs.values():
-                bmc.observe()
-            await asyncio.sleep(0.1)
-
-    async def stop(self) -> None:
-        if self._observer:
-            self._observer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._observer
-        self._stop.set()
-        if self._thread:
-            await asyncio.to_thread(self._thread.join, 2.0)
-        await asyncio.to_thread(_close_sockets, list(self.bmcs.values()))
-        self.bmcs.clear()
+            self._push()
+            await asyncio.sleep(STATE_EVERY)
 
     def faults(self, server: str) -> BmcFaults:
-        """The switchable misbehaviour of one server's BMC (tests)."""
-        f: BmcFaults = self.bmcs[server].faults
-        return f
+        """The misbehaviour now switched on for one server's BMC (a copy; see set_faults)."""
+        return BmcFaults(**asdict(self._faults[server]))
+
+    async def set_faults(self, server: str, **changes: Any) -> None:
+        """Switch misbehaviour of one server's BMC; returns once its process applies it."""
+        faults = BmcFaults(**{**asdict(self._faults[server]), **changes})
+        self._faults[server] = faults
+        self._next_ack += 1
+        ack = self._next_ack
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[ack] = fut
+        self._by_server[server].send({"faults": {server: asdict(faults)}, "id": ack})
+        await asyncio.wait_for(fut, 10.0)
+
+    async def stop(self) -> None:
+        if self._pump:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
+        for child in self._children:
+            stdin = child.proc.stdin
+            if stdin is not None and not stdin.is_closing():
+                stdin.close()  # the child's cue to close its sockets and exit
+        for child in self._children:
+            try:
+                await asyncio.wait_for(child.proc.wait(), 5.0)
+            except TimeoutError:
+                child.proc.kill()
+                await child.proc.wait()
+            if child.reader:
+                child.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await child.reader
+        self._children.clear()
+        self._by_server.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# The BMC process
+# --------------------------------------------------------------------------------------------
+
+
+def _serve_forever(stop: threading.Event) -> None:
+    from pyghmi.ipmi.private import session as ps
+
+    while not stop.is_set():
+        try:
+            ps.Session.wait_for_rsp(timeout=0.2)
+        except Exception:
+            log.exception("simulated BMC loop")
+            time.sleep(0.05)
+
+
+def _patch_socket_modes() -> None:
+    """pyghmi's senders switch a shared socket to blocking while its I/O thread is between
+    `setblocking(0)` and `recvfrom()`, which then blocks on a drained socket and stalls every
+    session of the process. Receive without blocking whatever the mode; send without
+    touching it. (The agent's driver does the same for its own pyghmi clients.)"""
+    from pyghmi.ipmi.private import session as ps
+
+    def io_recvfrom(sock: Any, size: int) -> Any:
+        try:
+            return sock.recvfrom(size, socket.MSG_DONTWAIT)
+        except OSError:
+            return None
+
+    def io_sendto(sock: Any, packet: Any, sockaddr: Any) -> None:
+        with contextlib.suppress(Exception):
+            sock.sendto(packet, sockaddr)
+
+    ps._io_recvfrom = io_recvfrom
+    ps._io_sendto = io_sendto
+
+
+def child_main(inp: IO[str], out: IO[str]) -> None:
+    """Serve the BMCs described by the first line of `inp`; apply state lines until EOF."""
+    init = json.loads(inp.readline())
+    _patch_socket_modes()
+    cls = _make_bmc_class()
+    lock = threading.Lock()
+
+    def send(msg: dict[str, Any]) -> None:
+        with lock, contextlib.suppress(OSError, ValueError):
+            out.write(json.dumps(msg) + "\n")
+            out.flush()
+
+    bmcs: dict[str, Any] = {}
+    for name, spec in init["servers"].items():
+        view = ServerView(name, **spec["state"])
+        bmcs[name] = cls(init["host"], init["users"], view, int(spec["port"]), send)
+    _wake_io_thread()
+    stop = threading.Event()
+    thread = threading.Thread(target=_serve_forever, args=(stop,), name="sim-ipmi", daemon=True)
+    thread.start()
+    send({"ports": {n: b.port for n, b in bmcs.items()}})
+    for line in inp:
+        msg = json.loads(line)
+        for name, state in (msg.get("state") or {}).items():
+            bmc = bmcs[name]
+            for key, value in state.items():
+                setattr(bmc.server, key, value)
+            bmc.observe()  # a PSU change lands in the SEL even if nobody polls
+        for name, faults in (msg.get("faults") or {}).items():
+            bmcs[name].faults = BmcFaults(**faults)
+        if "id" in msg:
+            send({"ack": msg["id"]})
+    stop.set()
+    thread.join(2.0)
+    _close_sockets(list(bmcs.values()))
 
 
 def _close_sockets(bmcs: list[Any]) -> None:
@@ -466,3 +683,19 @@ def _wake_io_thread() -> None:
 
     with contextlib.suppress(Exception):
         ps.iosockets[0].sendto(b"\x01", (ps.myself, ps.iosockets[0].getsockname()[1]))
+
+
+if __name__ == "__main__":
+    # Ctrl-C in a terminal reaches the whole process group: the simulator shuts down and
+    # closes our stdin, which is our cue (no KeyboardInterrupt traceback from here).
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The protocol has stdout to itself: pyghmi prints some errors, so those go to stderr.
+    _proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    logging.basicConfig(level=logging.WARNING, format="sim-ipmi[%(process)d] %(message)s")
+    child_main(sys.stdin, _proto)
+    _proto.flush()
+    os._exit(0)

@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures.snmp",
     "tests.fixtures.ipmi",
     "tests.fixtures.outputs",
+    "tests.fixtures.threads",
 ]
 
 
@@ -25,14 +26,3 @@ def _isolated_state_dir(
     the next test's broker. Agents started as subprocesses inherit the variable.
     """
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path_factory.mktemp("state")))
-
-
-#: Tests that put simulated BMCs (pyghmi servers) into the test process: scripts/test runs them
-#: in a pytest process of their own (see there why).
-_BMC_IN_PROCESS_FILES = ("test_ipmi_suite.py", "test_ipmi_tools_and_bad.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in _BMC_IN_PROCESS_FILES or "over_ipmi" in item.name:
-            item.add_marker(pytest.mark.bmc_in_process)

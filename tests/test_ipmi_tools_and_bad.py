@@ -117,6 +117,17 @@ async def test_freeipmi_reads_sensors_and_chassis(sim: RunningSimulator, tmp_pat
 # ---- bad BMCs ---------------------------------------------------------------------------
 
 
+_open: list[IpmiDriver] = []
+
+
+@pytest_asyncio.fixture(autouse=True, loop_scope="module")
+async def _close_drivers() -> AsyncIterator[None]:
+    """Every driver a test made is closed, even when the test fails."""
+    yield
+    while _open:
+        await _open.pop().close()
+
+
 def driver_for(port: int, **extra: object) -> IpmiDriver:
     keys: dict[str, object] = {
         "id": "srv-bad",
@@ -128,7 +139,9 @@ def driver_for(port: int, **extra: object) -> IpmiDriver:
         "timeout": 3,
     }
     keys.update(extra)
-    return IpmiDriver(IpmiDeviceConfig.model_validate(keys))
+    driver = IpmiDriver(IpmiDeviceConfig.model_validate(keys))
+    _open.append(driver)
+    return driver
 
 
 async def test_unreachable_bmc_is_a_device_error_within_the_timeout() -> None:
@@ -144,7 +157,7 @@ async def test_unreachable_bmc_is_a_device_error_within_the_timeout() -> None:
 
 async def test_unknown_sensor_type_is_published_not_fatal(sim: RunningSimulator) -> None:
     assert sim.ipmi is not None
-    sim.ipmi.faults("srv-03").oem_sensor = True
+    await sim.ipmi.set_faults("srv-03", oem_sensor=True)
     driver = driver_for(port_of(sim, "srv-03"))
     sample = await driver.poll()
     assert "sensor.oem_widget.health" in sample.metrics
@@ -154,12 +167,12 @@ async def test_unknown_sensor_type_is_published_not_fatal(sim: RunningSimulator)
 
 async def test_malformed_sdr_is_a_protocol_error(sim: RunningSimulator) -> None:
     assert sim.ipmi is not None
-    sim.ipmi.faults("srv-04").malformed_sdr = True
+    await sim.ipmi.set_faults("srv-04", malformed_sdr=True)
     driver = driver_for(port_of(sim, "srv-04"))
     with pytest.raises(ProtocolError) as err:
         await driver.poll()
     assert f"127.0.0.1:{port_of(sim, 'srv-04')}" in err.value.reason
-    sim.ipmi.faults("srv-04").malformed_sdr = False
+    await sim.ipmi.set_faults("srv-04", malformed_sdr=False)
     await driver.close()
 
 
@@ -170,7 +183,7 @@ async def test_slow_bmc_never_delays_another(sim: RunningSimulator) -> None:
     fast = driver_for(port_of(sim, "srv-02"), timeout=2, id="srv-02")
     await slow.poll()
     await fast.poll()
-    sim.ipmi.faults("srv-01").delay = 10.0
+    await sim.ipmi.set_faults("srv-01", delay=10.0)
     slow_task = asyncio.create_task(slow.poll())
     fast_times = []
     for _ in range(5):
@@ -184,7 +197,7 @@ async def test_slow_bmc_never_delays_another(sim: RunningSimulator) -> None:
     with pytest.raises(DeviceTimeout, match=r"still busy|no answer"):
         await slow.poll()
     assert max(fast_times) < 1.5, fast_times
-    sim.ipmi.faults("srv-01").delay = 0.0
+    await sim.ipmi.set_faults("srv-01", delay=0.0)
     # Once its stuck request has given up, the slow device logs in afresh and polls again.
     await recovered(slow)
     await fast.close()
@@ -215,3 +228,30 @@ async def recovered(driver: IpmiDriver, within: float = 40.0) -> None:
         except DeviceError:
             assert time.monotonic() < deadline, "the device never recovered"
             await asyncio.sleep(0.5)
+
+
+async def test_unavailable_and_unscanned_sensors_are_unknown(sim: RunningSimulator) -> None:
+    """IPMI's own "reading unavailable" and "scanning disabled" bits: no value, named unknown."""
+    from facility_agent.simulators.ipmi_bmc import PSU2, SYS_POWER, TEMP_INLET
+
+    assert sim.ipmi is not None
+    await sim.ipmi.set_faults("srv-02", unavailable=[TEMP_INLET, PSU2], not_scanning=[SYS_POWER])
+    driver = driver_for(port_of(sim, "srv-02"))
+    try:
+        sample = await driver.poll()
+        for name in (
+            "ambient.temperature",
+            "sensor.inlet_temp.value",
+            "server.power",
+            "sensor.sys_power.value",
+            "psu.2.status",
+            "psu.redundancy",
+        ):
+            assert name in sample.unknown and name not in sample.metrics, name
+        assert sample.metrics["psu.1.status"] == "ok"
+        assert sample.metrics["sensor.cpu_temp.value"] > 0
+    finally:
+        await sim.ipmi.set_faults("srv-02", unavailable=[], not_scanning=[])
+    sample = await driver.poll()
+    assert sample.unknown == () and sample.metrics["psu.redundancy"] == "ok"
+    await driver.close()

@@ -67,3 +67,33 @@ def test_sel_kinds() -> None:
     assert sel_kind(rec(0x08, 3, deassert=True)) is None
     assert sel_kind(rec(0x08, 1, rtype=0xE0)) is None  # OEM record
     assert rec(0x08, 1).record_id == 7
+
+
+def test_unavailable_sensors_are_unknown_not_readings() -> None:
+    sensors = [
+        SensorValue("Inlet Temp", "Temperature", None, "°C", 0, (), unavailable=True),
+        SensorValue("Sys Power", "Current", None, "W", 0, (), unavailable=True),
+        SensorValue("PSU1 Status", "Power Supply", None, "", 0, ("Presence detected",)),
+        SensorValue("PSU2 Status", "Power Supply", None, "", 0, (), unavailable=True),
+    ]
+    s = summarize(sensors, True)
+    assert s.unknown == (
+        "ambient.temperature",
+        "psu.2.status",
+        "psu.redundancy",
+        "sensor.inlet_temp.health",
+        "sensor.inlet_temp.value",
+        "sensor.psu2_status.health",
+        "sensor.psu2_status.states",
+        "sensor.sys_power.health",
+        "sensor.sys_power.value",
+        "server.power",
+    )
+    for name in s.unknown:
+        assert name not in s.metrics
+    assert s.metrics["psu.1.status"] == "ok" and s.metrics["psu.count"] == 2
+    assert "NOT_REDUNDANT" not in s.flags  # not known either way
+    # A known bad PSU is enough to know redundancy is not ok.
+    bad = SensorValue("PSU1 Status", "Power Supply", None, "", 0, ("Presence detected", "Failure"))
+    s = summarize([bad, sensors[3]], True)
+    assert {"PSU_FAIL", "NOT_REDUNDANT"} <= set(s.flags) and "psu.redundancy" in s.unknown
