@@ -169,11 +169,21 @@ def cmd_drill(args: argparse.Namespace) -> int:
     if site.shutdown is None:
         print(f"{args.config}: has no shutdown section: nothing to drill", file=sys.stderr)
         return EXIT_INVALID
-    from .drill import Progress, run_drill, scenario_problem, write_report
+    from .drill import Progress, host_power_steps, run_drill, scenario_problem, write_report
 
     problem = scenario_problem(args.scenario)
     if problem:
         print(f"facility-agent drill: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    poweroff = host_power_steps(site)
+    if poweroff and not args.dry_run:
+        print(
+            "facility-agent drill: this plan powers the host off ("
+            + "; ".join(poweroff)
+            + "): a drill would really do it. Run it with --dry-run (commands are reported, "
+            "device actions still go to the simulated devices).",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
     progress = Progress(print_line)
     print(

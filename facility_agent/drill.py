@@ -226,6 +226,28 @@ async def _wait_for_the_end(
         await asyncio.sleep(0.25)
 
 
+#: Programs (and `systemctl` verbs) that take the host down: a drill never runs them for real.
+HOST_POWER_PROGRAMS = frozenset({"poweroff", "halt", "shutdown", "reboot"})
+HOST_POWER_VERBS = frozenset({"poweroff", "halt", "reboot", "kexec", "suspend", "hibernate"})
+
+
+def host_power_steps(site: SiteConfig) -> list[str]:
+    """The plan's `run:` steps that would power this box off (`systemctl poweroff` ...)."""
+    found = []
+    for section in (site.shutdown, site.recovery):
+        for stage in section.stages if section else []:
+            for step in stage.steps:
+                argv = step.run or []
+                if not argv:
+                    continue
+                program = Path(argv[0]).name
+                if program in HOST_POWER_PROGRAMS or (
+                    program == "systemctl" and HOST_POWER_VERBS & set(argv[1:])
+                ):
+                    found.append(f"stage {stage.name}: {' '.join(argv)}")
+    return found
+
+
 def scenario_problem(scenario: str) -> str | None:
     """Why this scenario cannot be played (unknown name, unreadable or invalid file), or None."""
     from .simulators.scenario import ScenarioError, load_scenario
