@@ -64,7 +64,7 @@ shutdown:
 
 def recorder(tmp_path: Path) -> tuple[list[str], Path]:
     record = tmp_path / "poweroff.log"
-    argv = ["/bin/sh", "-c", f'cat >/dev/null; echo poweroff >> {record}']
+    argv = ["/bin/sh", "-c", f"cat >/dev/null; echo poweroff >> {record}"]
     return argv, record
 
 
