@@ -38,9 +38,17 @@ SENSOR_KEYS = ENTITY_KEYS | {
 }  # fmt: skip
 BINARY_SENSOR_KEYS = ENTITY_KEYS | {"payload_on", "payload_off", "off_delay"}
 DEVICE_KEYS = {
-    "identifiers", "connections", "name", "manufacturer", "model", "sw_version", "hw_version",
-    "serial_number", "suggested_area", "via_device", "configuration_url",
-}  # fmt: skip
+    "identifiers",
+    "connections",
+    "name",
+    "manufacturer",
+    "model",
+    "sw_version",
+    "hw_version",
+    "suggested_area",
+    "via_device",
+    "configuration_url",
+}  # fmt: skip  (no serial_number: Home Assistant 2024.1 refuses the config with it)
 AVAILABILITY_KEYS = {"topic", "payload_available", "payload_not_available", "value_template"}
 ORIGIN_KEYS = {"name", "sw_version", "support_url"}
 #: SensorDeviceClass -> the units Home Assistant accepts for it (DEVICE_CLASS_UNITS).
@@ -122,6 +130,9 @@ def test_the_schema_check_has_teeth() -> None:
     assert schema_problems("sensor", {**good, "device_class": "energy", "unit": "kWh"})
     assert schema_problems("sensor", {**good, "availability_topic": "a", "availability": []})
     assert schema_problems("sensor", {**good, "device": {"identifiers": ["x"], "mfr": "A"}})
+    assert schema_problems(
+        "sensor", {**good, "device": {"identifiers": ["x"], "serial_number": "1"}}
+    )
 
 
 # -- the configs --------------------------------------------------------------------------------

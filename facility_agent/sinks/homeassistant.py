@@ -3,7 +3,7 @@
 Home Assistant shows every UPS, PDU and server as a device, reading values straight from our
 retained `P/{device}/state` (a `value_template` picks the metric). What a device says about
 itself and does not change (`device.mfr`, `ups.model`, `ups.firmware`, `driver.version` ...)
-goes into its device-registry entry (manufacturer, model, sw_version, serial_number), not into
+goes into its device-registry entry (manufacturer, model, sw_version), not into
 entities; settings (`*.nominal`, `battery.charge.low`, `ups.delay.*` ...) are left out; only live
 readings become sensors, with a human name ("Battery charge"), and, from the metric's NUT name,
 the `device_class`, `state_class` and unit Home Assistant accepts for that class.
@@ -55,14 +55,13 @@ _BY_NAME: dict[str, tuple[str | None, str | None]] = {
 #: Device classes whose readings only grow (Home Assistant wants `total_increasing` there).
 _TOTALS = frozenset({"energy"})
 
-#: Static facts -> the device-registry field they fill (first match wins per field).
+#: Static facts -> the device-registry field they fill (first match wins per field). No
+#: `serial_number`: Home Assistant 2024.1's device schema refuses it (the whole config).
 _REGISTRY: tuple[tuple[str, str], ...] = (
     ("device.mfr", "manufacturer"),
     ("ups.mfr", "manufacturer"),
     ("device.model", "model"),
     ("ups.model", "model"),
-    ("device.serial", "serial_number"),
-    ("ups.serial", "serial_number"),
     ("device.firmware", "sw_version"),
     ("ups.firmware", "sw_version"),
     ("driver.version", "sw_version"),
