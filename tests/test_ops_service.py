@@ -181,6 +181,14 @@ def test_install_service_dry_run_prints_the_unit_and_every_file(system_install: 
             assert line in out, out
         assert "systemctl enable --now facility-agent" in out
         assert list(root.iterdir()) == []
+        # On the real root, a missing user is created first (here only said: a dry run).
+        real = install("--exec-path", str(system_install), "--user", "fa-no-such-user", "--dry-run")
+        assert real.returncode == 0, real.stderr
+        assert (
+            "would useradd --system --user-group" in real.stdout
+            and "fa-no-such-user" in real.stdout
+        )
+        assert "User=fa-no-such-user" in real.stdout
     finally:
         shutil.rmtree(root)
 
