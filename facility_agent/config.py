@@ -6,11 +6,12 @@ reading them is standing in a server room with an editor, not a debugger.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -251,17 +252,52 @@ def _substitute_all(
     try:
         return substitute(data, env, base)
     except SecretRefError as exc:
-        errors.append((loc, str(exc)))
+        msg = str(exc)
+        if msg.startswith("environment variable "):
+            name = msg.split()[2]
+            msg += f" (export it, or for the service put {name}=... in /etc/facility-agent/env)"
+        errors.append((loc, msg))
         return None
 
 
-def _pydantic_problems(exc: ValidationError, prefix: Loc) -> list[tuple[Loc, str]]:
+def _field_names(model: Any, seen: set[Any] | None = None) -> set[str]:
+    """Every key a site file can hold anywhere under this model: the vocabulary of the
+    "did you mean" hints."""
+    seen = set() if seen is None else seen
+    if model in seen:
+        return set()
+    seen.add(model)
+    names: set[str] = set()
+    for name, info in getattr(model, "model_fields", {}).items():
+        names.add(info.alias or name)
+        stack = [info.annotation]
+        while stack:
+            ann = stack.pop()
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                names |= _field_names(ann, seen)
+            stack.extend(get_args(ann))
+    return names
+
+
+def _did_you_mean(key: object, model: Any) -> str:
+    if not isinstance(key, str):
+        return ""
+    words = sorted(_field_names(model))
+    close = difflib.get_close_matches(key, words, n=1, cutoff=0.75)
+    return f": did you mean `{close[0]}`?" if close else ""
+
+
+def _pydantic_problems(
+    exc: ValidationError, prefix: Loc, model: Any = None
+) -> list[tuple[Loc, str]]:
     out = []
     for err in exc.errors(include_url=False, include_input=False):
         loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+        if err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown key" + (_did_you_mean(loc[-1], model) if loc and model else "")
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif err["type"] == "string_pattern_mismatch" and "a-z0-9_-" in str(err.get("ctx")):
@@ -286,6 +322,11 @@ def parse_site(
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
+        if mark is not None and "\\t" in problem:
+            # PyYAML's "found character '\t' that cannot start any token"
+            problem = f"a tab at column {mark.column + 1}: indent with spaces, not tabs"
+        elif mark is not None:
+            problem += f" (column {mark.column + 1})"
         raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {problem}", line)]) from None
     lines = _Lines(root)
     errors: list[tuple[Loc, str]] = []
@@ -324,18 +365,22 @@ def parse_site(
             names = ", ".join(sorted(known)) or "none installed"
             errors.append(((*loc, "driver"), f"unknown driver {name!r} (installed: {names})"))
             continue
+        model = known[name].config_model
         try:
-            devices.append(known[name].config_model.model_validate(raw))
+            devices.append(model.model_validate(raw))
         except ValidationError as exc:
-            errors.extend(_pydantic_problems(exc, loc))
+            errors.extend(_pydantic_problems(exc, loc, model))
 
     site: SiteConfig | None = None
     try:
         site = SiteConfig.model_validate({**data, "devices": []})
     except ValidationError as exc:
-        errors.extend(_pydantic_problems(exc, ()))
+        errors.extend(_pydantic_problems(exc, (), SiteConfig))
     if site is not None:
         errors.extend(_policy_problems(site, seen))
+    # A reference that could not be resolved left None behind: its "should be a string" is noise.
+    unresolved = {loc for loc, msg in errors if _is_ref_problem(msg)}
+    errors = [(loc, msg) for loc, msg in errors if loc not in unresolved or _is_ref_problem(msg)]
     if errors or site is None:
         errors.sort(key=lambda e: lines.line(e[0]) or 0)
         problems = [ConfigProblem(format_loc(loc), msg, lines.line(loc)) for loc, msg in errors]
@@ -343,10 +388,18 @@ def parse_site(
     return site.model_copy(update={"devices": devices})
 
 
+def _is_ref_problem(msg: str) -> bool:
+    return msg.startswith(_REF_PROBLEM_PREFIXES)
+
+
+_REF_PROBLEM_PREFIXES = ("environment variable ", "cannot read secret file ", "'${")
+
+
 def _policy_problems(site: SiteConfig, named: dict[str, int]) -> list[tuple[Loc, str]]:
     """Cross-references the models cannot see: groups, plans and hooks naming real things."""
     out: list[tuple[Loc, str]] = []
     devices = set(named)
+    defined = ", ".join(sorted(named)) or "none"
     group_ids = [g.id for g in site.groups]
     for gi, group in enumerate(site.groups):
         if group.id in devices or f"group-{group.id}" in devices:
@@ -355,7 +408,12 @@ def _policy_problems(site: SiteConfig, named: dict[str, int]) -> list[tuple[Loc,
             out.append((("groups", gi, "id"), f"duplicate group id {group.id!r}"))
         for mi, member in enumerate(group.members):
             if member.device not in devices:
-                out.append((("groups", gi, "members", mi), f"no device {member.device!r}"))
+                out.append(
+                    (
+                        ("groups", gi, "members", mi),
+                        f"no device {member.device!r} (defined devices: {defined})",
+                    )
+                )
     if site.shutdown is not None:
         if site.shutdown.group not in group_ids:
             out.append((("shutdown", "group"), f"no group {site.shutdown.group!r}"))
@@ -370,7 +428,7 @@ def _policy_problems(site: SiteConfig, named: dict[str, int]) -> list[tuple[Loc,
             out.append(
                 (
                     ("shutdown", "triggers", "generator_not_running", "device"),
-                    f"no device {gen.device!r}",
+                    f"no device {gen.device!r} (defined devices: {defined})",
                 )
             )
     for section in ("shutdown", "recovery"):
@@ -381,7 +439,7 @@ def _policy_problems(site: SiteConfig, named: dict[str, int]) -> list[tuple[Loc,
                     out.append(
                         (
                             (section, "stages", si, "steps", ti, "device"),
-                            f"no device {step.device!r}",
+                            f"no device {step.device!r} (defined devices: {defined})",
                         )
                     )
     if site.recovery is not None and site.shutdown is None:

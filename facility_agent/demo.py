@@ -134,32 +134,45 @@ class PlainPrinter:
         self.world: str = ""
 
     def update(self, run: DemoRun, view: SiteView) -> None:
+        """What is new since the last call, sorted by when it happened (a world change is seen
+        at the tick after the step that caused it, so it comes after that step)."""
+        now = time.monotonic()
+        new: list[tuple[float, str]] = []
         world = describe_world(run.world)
         if world and world != self.world:
             self.world = world
-            self.out(f"[{time.monotonic() - self.started:6.2f}s] world: {world}")
+            new.append((now, f"world: {world}"))
         for step in run.steps[self.steps :]:
             target = f" {step.target}" if step.target else ""
             note = f" ({step.note})" if step.note else ""
-            self.out(f"[{step.at - self.started:6.2f}s] world: {step.action}{target}{note}")
+            new.append((step.at, f"world: {step.action}{target}{note}"))
         self.steps = len(run.steps)
         for rec in view.events[self.events :]:
             ev = rec.payload
-            self.out(
-                f"[{rec.at - self.started:6.2f}s] event {ev.get('severity')}: "
-                f"{ev.get('type')} {ev.get('device')}: {ev.get('message')}"
+            new.append(
+                (
+                    rec.at,
+                    f"event {ev.get('severity')}: "
+                    f"{ev.get('type')} {ev.get('device')}: {ev.get('message')}",
+                )
             )
         self.events = len(view.events)
         for name, st in sorted(view.states.items()):
-            now = (st.get("comm", "?"), " ".join(st.get("status", [])))
-            if self.status.get(name) != now:
-                self.status[name] = now
+            state = (st.get("comm", "?"), " ".join(st.get("status", [])))
+            if self.status.get(name) != state:
+                self.status[name] = state
                 m = st.get("metrics", {})
-                self.out(
-                    f"[{time.monotonic() - self.started:6.2f}s] state {name}: comm {now[0]}, "
-                    f"status {now[1] or '-'}, charge {_fmt_num(m.get('battery.charge'), '%')}, "
-                    f"runtime {_fmt_num(m.get('battery.runtime'), ' min', 60)}"
+                new.append(
+                    (
+                        now,
+                        f"state {name}: comm {state[0]}, "
+                        f"status {state[1] or '-'}, "
+                        f"charge {_fmt_num(m.get('battery.charge'), '%')}, "
+                        f"runtime {_fmt_num(m.get('battery.runtime'), ' min', 60)}",
+                    )
                 )
+        for at, line in sorted(new, key=lambda item: item[0]):
+            self.out(f"[{at - self.started:6.2f}s] {line}")
 
 
 def detection(run: DemoRun, events: list[Received], ups: list[str]) -> list[tuple[str, str, float]]:
@@ -249,7 +262,10 @@ def summarize(
         f"  agent status at the end: {view.agent_status}",
     ]
     for what, device, delay in detection(run, view.events, ups):
-        lines.append(f"  {what} for {device}: on MQTT {delay:.2f} s after it happened")
+        lines.append(
+            f"  {what} for {device}: on MQTT {delay:.2f} s after it happened "
+            "(detection + publishing + delivery)"
+        )
     lines.extend(drill or [])
     problems = []
     missing = [u for u in ups if u not in view.states]
@@ -280,6 +296,12 @@ class _Null:
 
 
 def demo(args: argparse.Namespace) -> int:
+    from .drill import scenario_problem
+
+    problem = scenario_problem(args.scenario)
+    if problem:
+        print(f"facility-agent demo: {problem}", file=sys.stderr)
+        return 1
     console = Console()
     live = console.is_terminal and not args.plain
     if args.log_level != "debug":

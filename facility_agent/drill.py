@@ -49,6 +49,7 @@ class DrillReport:
     events: list[tuple[float, Event]] = field(default_factory=list)
     skipped_devices: list[str] = field(default_factory=list)
     runtime_at_decision: float | None = None
+    dry_run: bool = False
     started: float = field(default_factory=time.monotonic)
 
     def first(self, kind: str, after: float = 0.0) -> tuple[float, Event] | None:
@@ -61,7 +62,8 @@ class DrillReport:
         return next((m for m in self.marks if m.what == what), None)
 
     def lines(self) -> list[str]:
-        out = [f"drill: scenario {self.scenario} at x{self.speed:g}"]
+        dry = " (DRY RUN: no command or hook was run)" if self.dry_run else ""
+        out = [f"drill report: scenario {self.scenario} at x{self.speed:g}{dry}"]
         if self.skipped_devices:
             left = ", ".join(self.skipped_devices)
             out.append(f"  devices with no simulated counterpart (left out): {left}")
@@ -70,7 +72,9 @@ class DrillReport:
         decide = self.first("shutdown.started")
         if lost and detect:
             took = detect[0] - lost.at
-            out.append(f"  time to detect:  {took:6.2f} s (utility lost -> power.on_battery)")
+            out.append(
+                f"  time to detect:  {took:6.2f} s (utility lost -> the agent's power.on_battery)"
+            )
         if detect and decide:
             why = decide[1].data.get("reason", "")
             out.append(f"  time to decide:  {decide[0] - detect[0]:6.2f} s ({why})")
@@ -157,7 +161,7 @@ async def run_drill(
 ) -> DrillReport:
     from .simulators.serve import RunningSimulator, SimulatorOptions
 
-    report = DrillReport(scenario=scenario, speed=speed or 1.0)
+    report = DrillReport(scenario=scenario, speed=speed or 1.0, dry_run=dry_run)
 
     def on_step(applied: Any) -> None:
         step = applied.step
@@ -220,6 +224,61 @@ async def _wait_for_the_end(
             if not busy or time.monotonic() > settle_until:
                 return
         await asyncio.sleep(0.25)
+
+
+#: Programs (and `systemctl` verbs) that take the host down: a drill never runs them for real.
+HOST_POWER_PROGRAMS = frozenset({"poweroff", "halt", "shutdown", "reboot"})
+HOST_POWER_VERBS = frozenset({"poweroff", "halt", "reboot", "kexec", "suspend", "hibernate"})
+
+
+def host_power_steps(site: SiteConfig) -> list[str]:
+    """The plan's `run:` steps that would power this box off (`systemctl poweroff` ...)."""
+    found = []
+    for section in (site.shutdown, site.recovery):
+        for stage in section.stages if section else []:
+            for step in stage.steps:
+                argv = step.run or []
+                if not argv:
+                    continue
+                program = Path(argv[0]).name
+                if program in HOST_POWER_PROGRAMS or (
+                    program == "systemctl" and HOST_POWER_VERBS & set(argv[1:])
+                ):
+                    found.append(f"stage {stage.name}: {' '.join(argv)}")
+    return found
+
+
+def scenario_problem(scenario: str) -> str | None:
+    """Why this scenario cannot be played (unknown name, unreadable or invalid file), or None."""
+    from .simulators.scenario import ScenarioError, load_scenario
+
+    try:
+        load_scenario(scenario)
+    except ScenarioError as exc:
+        return str(exc)
+    return None
+
+
+class Progress:
+    """A line per scenario step and per event while a drill runs, in the order they happened,
+    so a 90 s drill is not 90 s of silence."""
+
+    def __init__(self, out: Callable[[str], None]) -> None:
+        self.out = out
+        self.marks = 0
+        self.events = 0
+
+    def tick(self, report: DrillReport, sim: Any) -> None:
+        new: list[tuple[float, str]] = []
+        for m in report.marks[self.marks :]:
+            target = f" {m.target}" if m.target else ""
+            note = f" ({m.note})" if m.note else ""
+            new.append((m.at, f"world: {m.what}{target}{note}"))
+        for at, ev in report.events[self.events :]:
+            new.append((at, f"event {ev.severity}: {ev.type} {ev.device}: {ev.message}"))
+        self.marks, self.events = len(report.marks), len(report.events)
+        for at, line in sorted(new, key=lambda item: item[0]):
+            self.out(f"  [{at - report.started:7.2f}s] {line}")
 
 
 def write_report(report: DrillReport, path: Path | None = None) -> str:

@@ -26,6 +26,7 @@ OTHER_EVENTS: tuple[tuple[str, str, str, str], ...] = (
     ("power.low_battery_unconfirmed", "warning", "policy", "LB without corroboration: no shutdown"),
     ("redundancy.degraded", "warning/critical", "policy", "a group has fewer healthy members "
      "than all (critical below `min`)"),
+    ("redundancy.lost", "critical", "policy", "no member of a group is healthy any more"),
     ("redundancy.restored", "info", "policy", "every member of a group is healthy again"),
     ("shutdown.started", "critical", "policy", "a trigger fired: the plan starts"),
     ("shutdown.step", "info/warning", "policy", "one step of the plan ended (warning: failed)"),

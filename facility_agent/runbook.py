@@ -582,18 +582,26 @@ def cmd_runbook(args: argparse.Namespace) -> int:
     if fmt == "html":
         text = render_html(text, f"DR runbook: {site.site}")
     if args.output:
-        Path(args.output).write_text(text)
+        try:
+            Path(args.output).write_text(text)
+        except OSError as exc:
+            print(f"runbook: cannot write {args.output}: {exc.strerror}", file=sys.stderr)
+            return 1
         print(f"runbook written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "runbook", help="the site's disaster-recovery plan (Markdown or HTML) from the site file"
-    )
-    p.add_argument("-c", "--config", required=True, help="site file (YAML)")
+def add_parser(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> None:
+    from .cli import add_config_option
+
+    what = "the site's disaster-recovery plan (Markdown or HTML) from the site file"
+    p = sub.add_parser("runbook", help=what, description=what, parents=list(parents))
+    add_config_option(p)
     p.add_argument("--format", choices=["md", "html"], help="[md, or html for -o *.html]")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.add_argument("--state-dir", help="where the plan journals are [the agent's state dir]")

@@ -24,10 +24,10 @@ def simulate(args: argparse.Namespace) -> int:
     from .simulators.site import SiteConfigError
 
     options = SimulatorOptions(
-        site_file=args.site,
+        site_file=args.sim_site,
         scenario=args.scenario,
         speed=args.speed,
-        host=args.host,
+        host=args.listen,
         nut_port=args.nut_port,
         modbus_port=args.modbus_port,
         modbus_rtu={"pty": True, "off": False}.get(args.modbus_rtu, args.modbus_rtu),

@@ -17,6 +17,7 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -408,22 +409,128 @@ def _site_and_mqtt(path: str) -> tuple[str, MqttConfig | None] | None:
     return str(site), None
 
 
+def _device_cells(st: dict[str, Any]) -> dict[str, str]:
+    """The columns of one device row, shared by the table and the plain lines."""
+    m = st.get("metrics") or {}
+    detail = ""
+    if "generator.state" in m:
+        detail = f"generator {m['generator.state']}"
+        if "generator.fuel.level" in m:
+            detail += f", fuel {_fmt(m['generator.fuel.level'], '%')}"
+    elif st.get("reason"):
+        detail = str(st["reason"])
+    return {
+        "driver": str(st.get("driver", "")),
+        "comm": str(st.get("comm", "?")),
+        "status": " ".join(st.get("status") or []),
+        "charge": _fmt(m.get("battery.charge"), "%"),
+        "runtime": _fmt_runtime(m.get("battery.runtime")),
+        "load": _fmt(m.get("ups.load", m.get("generator.load")), "%"),
+        "input V": _fmt(m.get("input.voltage", m.get("mains.voltage"))),
+        "detail": detail,
+    }
+
+
+def plain_lines(site: str, verdict: Verdict, data: Retained) -> list[str]:
+    """Full-width lines for pipes, mail and logs: one thing per line, nothing cut or wrapped."""
+    out = [summary_line(site, verdict, data)]
+    if not data.reachable:
+        return out
+    out.append(f"agent: {data.agent or 'unknown'}")
+    for name, st in sorted(data.devices.items()):
+        cells = _device_cells(st)
+        parts = [f"{k} {v}" for k, v in cells.items() if v and k not in ("driver", "detail")]
+        detail = f"; {cells['detail']}" if cells["detail"] else ""
+        out.append(f"device {name} ({cells['driver']}): {', '.join(parts)}{detail}")
+    for gid, st in sorted(data.groups.items()):
+        m = st.get("metrics") or {}
+        out.append(
+            f"group {gid}: {' '.join(st.get('status') or [])}, "
+            f"{m.get('redundancy.healthy', '?')} of {m.get('redundancy.members', '?')} healthy, "
+            f"needs {m.get('redundancy.min', '?')}"
+        )
+    recent = data.recent or {}
+    plan = recent.get("plan")
+    if isinstance(plan, dict):
+        stage = f", stage {plan.get('stage')}" if plan.get("stage") else ""
+        out.append(f"plan: {plan.get('kind')} {plan.get('state')}{stage} {plan.get('reason', '')}")
+    else:
+        out.append("plan: none running")
+    for ev in (recent.get("events") or [])[-10:]:
+        out.append(
+            f"event {ev.get('ts', '')} {ev.get('severity', '')} {ev.get('device', '')} "
+            f"{ev.get('type', '')}: {ev.get('message', '')}"
+        )
+    for code, text in verdict.problems:
+        out.append(f"{NAMES[code]}: {text}")
+    return out
+
+
+def _perf_label(name: str) -> str:
+    return "'" + name.replace("'", "_").replace("=", "_") + "'"
+
+
+def nagios_line(site: str, verdict: Verdict, data: Retained) -> str:
+    """One line, `TEXT | perfdata`, as Nagios/Icinga plugins print it (perfdata: label=value)."""
+    perf = [
+        f"devices={len(data.devices)};;;0",
+        f"comm_lost={sum(1 for st in data.devices.values() if st.get('comm') == 'lost')};;;0",
+        f"problems={len(verdict.problems)};;;0",
+    ]
+    for name, st in sorted(data.devices.items()):
+        m = st.get("metrics") or {}
+        for key, label, uom in (
+            ("battery.charge", "charge", "%"),
+            ("battery.runtime", "runtime", "s"),
+            ("ups.load", "load", "%"),
+        ):
+            value = m.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                bounds = ";;;0;100" if uom == "%" else ";;;0"
+                perf.append(f"{_perf_label(f'{name} {label}')}={value:g}{uom}{bounds}")
+    for gid, st in sorted(data.groups.items()):
+        m = st.get("metrics") or {}
+        healthy, members = m.get("redundancy.healthy"), m.get("redundancy.members")
+        if isinstance(healthy, int) and isinstance(members, int):
+            need = m.get("redundancy.min")
+            crit = f"{need}:" if isinstance(need, int) else ""
+            perf.append(f"{_perf_label(f'group {gid} healthy')}={healthy};;{crit};0;{members}")
+    text = summary_line(site, verdict, data).replace("|", "/")
+    return f"{text} | {' '.join(perf)}"
+
+
+def _resolve_config(args: argparse.Namespace) -> str | None:
+    """`-c` if given; else the default site file, unless `--site` says which site and the default
+    file is not there (a check run from a box with no site file of its own)."""
+    from .cli import DEFAULT_CONFIG
+
+    if args.config:
+        return str(args.config)
+    if args.site and not Path(DEFAULT_CONFIG).exists():
+        return None
+    return DEFAULT_CONFIG
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_site
 
-    host, port, prefix, site = args.host, args.port, args.prefix, args.site
+    host, port, prefix, site = args.mqtt_host, args.mqtt_port, args.mqtt_prefix, args.site
     username = password = None
     tls = None
-    if args.config:
+    config = _resolve_config(args)
+    if config:
         try:
-            cfg = load_site(args.config)
+            cfg = load_site(config)
             cfg_site, mqtt_cfg = cfg.site, cfg.mqtt
         except ConfigError as exc:
             # A file being edited (or refused by a reload) must not blind the check: its site
             # id and mqtt section are enough to read the running agent's state.
-            found = _site_and_mqtt(args.config)
+            found = _site_and_mqtt(config)
             if found is None:
-                print(f"FACILITY UNKNOWN - {exc.render()}")
+                problems = "; ".join(str(p) for p in exc.problems)
+                print(f"FACILITY UNKNOWN - {exc.source}: {problems}", flush=True)
+                if not args.config and not args.site:
+                    print("give -c SITE.yaml, or --site ID (and --mqtt-host/--mqtt-port)")
                 return UNKNOWN
             cfg_site, mqtt_cfg = found
         site = site or cfg_site
@@ -435,7 +542,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             password = mqtt_cfg.password.get_secret_value() if mqtt_cfg.password else None
             tls = mqtt_cfg.tls
     if not site:
-        print("FACILITY UNKNOWN - give -c SITE.yaml or --site (and --host/--port)")
+        print("FACILITY UNKNOWN - give -c SITE.yaml or --site ID (and --mqtt-host/--mqtt-port)")
         return UNKNOWN
     data = fetch(
         host or "127.0.0.1",
@@ -447,29 +554,85 @@ def cmd_status(args: argparse.Namespace) -> int:
         timeout=args.timeout,
     )
     verdict = judge(data, stale=args.stale)
-    if args.json:
-        sys.stdout.write(
-            orjson.dumps(as_json(site, verdict, data), option=orjson.OPT_INDENT_2).decode() + "\n"
-        )
-    else:
-        render(site, verdict, data)
+    fmt = args.format
+    if fmt == "auto":
+        fmt = "table" if sys.stdout.isatty() else "plain"
+    try:
+        if fmt == "json":
+            doc = orjson.dumps(as_json(site, verdict, data), option=orjson.OPT_INDENT_2)
+            sys.stdout.write(doc.decode() + "\n")
+        elif fmt == "nagios":
+            print(nagios_line(site, verdict, data))
+        elif fmt == "plain":
+            print("\n".join(plain_lines(site, verdict, data)))
+        else:
+            render(site, verdict, data)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `status | head -1`: the reader has what it wanted; the verdict stands.
+        from .cli import _quiet_stdout
+
+        _quiet_stdout()
     return verdict.code
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser(
-        "status",
-        help="the site at a glance from the agent's retained MQTT state; exit 0 OK, 1 WARNING, "
-        "2 CRITICAL, 3 UNKNOWN (monitoring-plugins convention)",
+def add_parser(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    parents: Sequence[argparse.ArgumentParser] = (),
+) -> None:
+    from .cli import DEFAULT_CONFIG, positive_float
+
+    what = (
+        "the site at a glance from the agent's retained MQTT state; exit 0 OK, 1 WARNING, "
+        "2 CRITICAL, 3 UNKNOWN, usage errors 3 (monitoring-plugins convention)"
     )
-    p.add_argument("-c", "--config", help="site file: its site id and mqtt settings")
-    p.add_argument("--site", help="site id [the site file's]")
-    p.add_argument("--host", help="MQTT broker [the site file's, else 127.0.0.1]")
-    p.add_argument("--port", type=int, help="MQTT port [the site file's, else 1883]")
-    p.add_argument("--prefix", help="topic prefix [the site file's, else facility]")
-    p.add_argument("--json", action="store_true", help="one JSON document for scripts")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the broker")
+    p = sub.add_parser("status", help=what, description=what, parents=list(parents))
     p.add_argument(
-        "--stale", type=float, default=180.0, help="a state older than this is a WARNING [180 s]"
+        "-c",
+        "--config",
+        help=f"site file: its site id and mqtt settings [{DEFAULT_CONFIG}, unless --site is "
+        "given and that file does not exist]",
+    )
+    p.add_argument("--site", help="site id (the site file's `site:`) [the site file's]")
+    p.add_argument(
+        "--mqtt-host",
+        "--host",  # old spelling
+        dest="mqtt_host",
+        metavar="HOST",
+        help="MQTT broker [the site file's, else 127.0.0.1]",
+    )
+    p.add_argument(
+        "--mqtt-port",
+        "--port",  # old spelling
+        dest="mqtt_port",
+        metavar="PORT",
+        type=int,
+        help="MQTT port [the site file's, else 1883]",
+    )
+    p.add_argument(
+        "--mqtt-prefix",
+        "--prefix",  # old spelling
+        dest="mqtt_prefix",
+        metavar="PREFIX",
+        help="topic prefix [the site file's, else facility]",
+    )
+    p.add_argument(
+        "--format",
+        choices=["auto", "table", "plain", "nagios", "json"],
+        default="auto",
+        help="table (a terminal), plain (full-width lines; what a pipe gets under auto), nagios "
+        "(one line with perfdata) or json [auto]",
+    )
+    p.add_argument(
+        "--json", action="store_const", const="json", dest="format", help="= --format json"
+    )
+    p.add_argument(
+        "--timeout", type=positive_float, default=3.0, help="seconds to wait for the broker"
+    )
+    p.add_argument(
+        "--stale",
+        type=positive_float,
+        default=180.0,
+        help="a state older than this is a WARNING [180 s]",
     )
     p.set_defaults(func=cmd_status)

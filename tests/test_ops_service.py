@@ -7,9 +7,12 @@ import asyncio
 import itertools
 import json
 import logging
+import shutil
 import socket
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +25,7 @@ from facility_agent.logfmt import JournalFormatter, JsonFormatter
 from facility_agent.sdnotify import Notifier
 from facility_agent.service import bundled_unit
 from facility_agent.simulators.serve import RunningSimulator
-from tests.fixtures.procs import Proc, require_binary
+from tests.fixtures.procs import Proc, free_port, require_binary, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 CONSOLE = Path(sys.executable).parent / "facility-agent"
@@ -119,30 +122,161 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     assert "Unknown key" in verify(unit).stderr
 
 
-def test_install_service_prefix_and_dry_run(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    dry = subprocess.run(
-        [str(CONSOLE), "install-service", "--prefix", str(root), "--dry-run"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+def _open_dir(prefix: str) -> Path:
+    """A temp dir every user may enter (pytest's tmp_path is 0700 root: the service user could
+    not reach a prefix under it, which is the failure under test, not the setup)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture(scope="module")
+def system_install() -> Iterator[Path]:
+    """A `facility-agent` program the service user can run, as the operator guide's
+    /opt/facility-agent install would give: a venv of the system Python (not this test's
+    interpreter, which may sit in root's home), seeing this checkout's installed packages."""
+    base = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    assert base.exists(), f"{base} is needed: a system Python of this test's version"
+    root = _open_dir("fa-opt-")
+    venv = root / "opt/facility-agent"
+    subprocess.run([str(base), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    ver = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    (venv / "lib" / ver / "site-packages" / "this-checkout.pth").write_text(
+        f"import site; site.addsitedir({str(purelib)!r})\n"
     )
-    assert dry.returncode == 0, dry.stderr
-    assert "would write" in dry.stdout and "systemctl enable --now facility-agent" in dry.stdout
-    assert not root.exists()
-    done = subprocess.run(
-        [str(CONSOLE), "install-service", "--prefix", str(root), "--exec-path", str(CONSOLE)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    program = venv / "bin/facility-agent"
+    program.write_text(
+        f"#!{venv}/bin/python\nimport sys\nfrom facility_agent.cli import main\nsys.exit(main())\n"
     )
-    assert done.returncode == 0, done.stderr
-    unit = root / "etc/systemd/system/facility-agent.service"
-    assert f"ExecStart={CONSOLE} run -c /etc/facility-agent/site.yaml" in unit.read_text()
-    assert (root / "etc/facility-agent/site.yaml").exists()
-    assert (root / "var/lib/facility-agent").is_dir()
-    out = verify(unit)
-    assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
+    program.chmod(0o755)
+    yield program
+    shutil.rmtree(root)
+
+
+def _as_nobody(*argv: str) -> list[str]:
+    return [require_binary("setpriv"), "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
+
+
+def install(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CONSOLE), "install-service", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_install_service_dry_run_prints_the_unit_and_every_file(system_install: Path) -> None:
+    root = _open_dir("fa-root-")
+    try:
+        dry = install("--prefix", str(root), "--exec-path", str(system_install), "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        out = dry.stdout
+        assert f"ExecStart={system_install} run -c /etc/facility-agent/site.yaml" in out
+        assert "[Service]" in out and "User=facility-agent" in out
+        for line in (
+            f"would write {root}/etc/systemd/system/facility-agent.service (root:root 0644)",
+            f"would write {root}/etc/facility-agent/site.yaml (root:facility-agent 0640",
+            f"would create {root}/var/lib/facility-agent (facility-agent:facility-agent 0750",
+            f"would create {root}/etc/facility-agent/secrets (root:facility-agent 0750",
+        ):
+            assert line in out, out
+        assert "systemctl enable --now facility-agent" in out
+        assert list(root.iterdir()) == []
+        # On the real root, a missing user is created first (here only said: a dry run).
+        real = install("--exec-path", str(system_install), "--user", "fa-no-such-user", "--dry-run")
+        assert real.returncode == 0, real.stderr
+        assert (
+            "would useradd --system --user-group" in real.stdout
+            and "fa-no-such-user" in real.stdout
+        )
+        assert "User=fa-no-such-user" in real.stdout
+    finally:
+        shutil.rmtree(root)
+
+
+def test_install_service_refuses_a_program_its_user_cannot_reach() -> None:
+    """A venv in a home directory (pyenv, a user's venv): refused, with the fix, nothing written."""
+    root = _open_dir("fa-root-")
+    try:
+        home = root / "home-of-someone"
+        (home / "venv/bin").mkdir(parents=True)
+        home.chmod(0o700)
+        program = home / "venv/bin/facility-agent"
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+        out = install("--prefix", str(root), "--exec-path", str(program), "--user", "nobody",
+                      "--group", "nogroup")  # fmt: skip
+        assert out.returncode == 1
+        assert f"{home} (mode 0700, owner root:root): nobody may not enter it" in out.stderr
+        assert "/usr/bin/python3 -m venv /opt/facility-agent" in out.stderr
+        assert "Traceback" not in out.stderr
+        assert not (root / "etc").exists()
+        # ProtectHome=yes hides /root and /home whatever their modes.
+        hidden = install("--prefix", str(root), "--exec-path", "/root/venv/bin/facility-agent")
+        assert hidden.returncode == 1 and "ProtectHome=yes hides it" in hidden.stderr
+    finally:
+        shutil.rmtree(root)
+
+
+def test_install_service_into_prefix_starts_as_its_user(system_install: Path) -> None:
+    """The unit's user can read its site file, write its state and run ExecStart (systemd is not
+    PID 1 in this container, so the unit is verified and its command run as the user instead)."""
+    root = _open_dir("fa-root-")
+    try:
+        site = root / "etc/facility-agent/site.yaml"
+        site.parent.mkdir(parents=True)
+        site.write_text(
+            f"site: lab1\nmqtt: {{host: 127.0.0.1, port: {free_port()}}}\n"
+            f"devices:\n  - {{id: ups-a, driver: nut, host: 127.0.0.1, port: {free_port()}, "
+            "ups: u, interval: 200ms, lost_after: 1}\n"
+        )
+        site.chmod(0o600)  # as an editor may leave it: install-service puts it right
+        out = install("--prefix", str(root), "--exec-path", str(system_install), "--user",
+                      "nobody", "--group", "nogroup", "--allow-poweroff")  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert oct(site.stat().st_mode & 0o777) == "0o640" and site.stat().st_gid == 65534
+        state = root / "var/lib/facility-agent"
+        assert state.stat().st_uid == 65534 and oct(state.stat().st_mode & 0o777) == "0o750"
+        unit = root / "etc/systemd/system/facility-agent.service"
+        text = unit.read_text()
+        assert "User=nobody" in text and "Group=nogroup" in text
+        verified = verify(unit)
+        # systemd rightly warns about running as `nobody`: the one warning allowed (the test
+        # borrows nobody to avoid creating a user on this machine; a site gets its own).
+        noise = [ln for ln in verified.stderr.splitlines() if "Special user nobody" not in ln]
+        assert verified.returncode == 0 and not "".join(noise).strip(), verified.stderr
+        rule = root / "etc/polkit-1/rules.d/50-facility-agent-poweroff.rules"
+        assert 'subject.user == "nobody"' in rule.read_text()
+
+        read = subprocess.run(_as_nobody("cat", str(site)), capture_output=True, text=True)
+        assert read.returncode == 0 and "site: lab1" in read.stdout, read.stderr
+        argv = next(ln for ln in text.splitlines() if ln.startswith("ExecStart="))[10:].split()
+        assert argv[:3] == [str(system_install), "run", "-c"]
+        argv[3] = str(site)  # the same file, seen through the prefix
+        env = {"PATH": "/usr/bin:/bin", "STATE_DIRECTORY": str(state)}
+        checked = subprocess.run(
+            _as_nobody(argv[0], "check", "-c", str(site)), capture_output=True, text=True, env=env
+        )
+        assert checked.returncode == 0, checked.stderr
+        log_path = root / "agent.log"
+        with log_path.open("w") as log_file:
+            agent = subprocess.Popen(_as_nobody(*argv), stdout=log_file, stderr=log_file, env=env)
+        try:
+            wait_until(
+                lambda: "communication lost" in log_path.read_text() or agent.poll() is not None,
+                30,
+                "the agent running as the service user",
+            )
+            assert agent.poll() is None, log_path.read_text()
+            written = [p for p in state.rglob("*") if p.is_file()]
+            assert written and all(p.stat().st_uid == 65534 for p in written), written
+        finally:
+            agent.terminate()
+            agent.wait(20)
+        log = log_path.read_text()
+        assert agent.returncode == 0, log
+        assert "Permission denied" not in log and "Traceback" not in log
+    finally:
+        shutil.rmtree(root)
 
 
 def test_agent_notifies_ready_watchdog_and_stopping(

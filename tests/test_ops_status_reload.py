@@ -110,7 +110,30 @@ async def test_status_and_reload_on_a_running_agent(
     assert body["devices"]["ups-a"]["metrics"]["battery.charge"] > 0
     code, text = await asyncio.to_thread(status, cfg)
     assert code == 0 and text.startswith("FACILITY OK - site ops: 2 device(s) ok, 1 group(s) ok")
-    assert "ups-a" in text and "redundancy groups" in text
+    # Piped, so plain full-width lines: nothing cut to 80 columns, one thing per line.
+    lines = text.splitlines()
+    assert any(ln.startswith("device ups-a (nut): comm ok, status OL") for ln in lines), text
+    assert "group ups: OK, 2 of 2 healthy, needs 1" in lines and "…" not in text
+    code, table = await asyncio.to_thread(status, cfg, "--format", "table")
+    assert code == 0 and "redundancy groups" in table
+    code, line = await asyncio.to_thread(status, cfg, "--format", "nagios")
+    assert code == 0 and len(line.strip().splitlines()) == 1
+    summary, perf = line.strip().split(" | ")
+    assert summary.startswith("FACILITY OK - site ops")
+    assert "devices=2;;;0" in perf.split() and "comm_lost=0;;;0" in perf.split()
+    assert "'ups-a charge'=" in perf and "'group ups healthy'=2;;1:;0;2" in perf
+    # `status | head -1`: the reader leaving early does not turn the verdict into an error.
+    head = await asyncio.to_thread(
+        subprocess.run,
+        f"{CONSOLE} status -c {cfg} --format plain | head -1; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert head.returncode == 0 and head.stdout.startswith("FACILITY OK"), head.stderr
+    assert "Traceback" not in head.stderr and "BrokenPipe" not in head.stderr
 
     def log_has(text: str) -> bool:
         return text in agent.output()
@@ -214,7 +237,16 @@ def test_status_unknown_for_an_empty_site(tmp_path: Path, mosquitto_broker: Brok
 
 def status_for(broker: Broker, site: str) -> tuple[int, str]:
     out = subprocess.run(
-        [str(CONSOLE), "status", "--site", site, "--host", broker.host, "--port", str(broker.port)],
+        [
+            str(CONSOLE),
+            "status",
+            "--site",
+            site,
+            "--mqtt-host",
+            broker.host,
+            "--mqtt-port",
+            str(broker.port),
+        ],
         capture_output=True,
         text=True,
         timeout=30,

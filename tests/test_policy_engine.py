@@ -233,6 +233,24 @@ async def test_flapping_power_never_starts_a_shutdown(tmp_path: Path) -> None:
         await agent.stop()
 
 
+async def test_no_healthy_member_left_is_redundancy_lost(tmp_path: Path) -> None:
+    agent, rec = await started(tmp_path)
+    try:
+        WORLD["ups-b"]["status"] = "OB DISCHRG"
+        ev = await rec.wait("redundancy.degraded", 5)
+        assert ev.severity == "warning"
+        WORLD["ups-a"]["status"] = "OB DISCHRG"
+        lost = await rec.wait("redundancy.lost", 5)
+        assert lost.device == "ups" and lost.severity == "critical"
+        assert sorted(lost.data["down"]) == ["ups-a", "ups-b"] and "none of 2" in lost.message
+        assert rec.types().count("redundancy.degraded") == 1
+        WORLD["ups-a"]["status"] = "OL"
+        WORLD["ups-b"]["status"] = "OL"
+        await rec.wait("redundancy.restored", 5)
+    finally:
+        await agent.stop()
+
+
 async def test_one_ups_failing_degrades_runs_hook_no_shutdown(tmp_path: Path) -> None:
     hooks = [{"events": ["redundancy.*"], "run": hook_script(tmp_path, "failover"), "timeout": 5}]
     agent, rec = await started(tmp_path, hooks=hooks)

@@ -268,9 +268,12 @@ class PolicyEngine:
     ) -> None:
         before = self._group_status.get(ev.group.id)
         view = ev.update(states, now)
-        if not ev.ready or view.status == before:
+        # No healthy member at all is its own transition (redundancy.lost), also from "lost".
+        none_left = view.status != "ok" and view.healthy == 0
+        key = f"{view.status}/none" if none_left else view.status
+        if not ev.ready or key == before:
             return
-        self._group_status[ev.group.id] = view.status
+        self._group_status[ev.group.id] = key
         self._publish_group(ev, view)
         if before is None and view.status == "ok":
             return
@@ -283,6 +286,17 @@ class PolicyEngine:
                 f"{g.kind} redundancy of {g.id} restored ({view.healthy} of {len(g.members)})",
                 group=g.id,
                 status=view.status,
+            )
+        elif none_left:
+            self._emit(
+                g.id,
+                "redundancy.lost",
+                Severity.CRITICAL,
+                f"{g.kind} redundancy of {g.id} lost: none of {len(g.members)} healthy "
+                f"(needs {g.min}); down: {', '.join(view.down)}",
+                group=g.id,
+                status=view.status,
+                down=view.down,
             )
         else:
             severity = Severity.CRITICAL if view.status == "lost" else Severity.WARNING

@@ -37,14 +37,15 @@ RESOLVED_BY: dict[str, tuple[str, ...]] = {
     "power.on_line": ("power.on_battery", "power.off"),
     "power.battery_ok": ("power.low_battery",),
     "device.comm_restored": ("device.comm_lost",),
-    "redundancy.restored": ("redundancy.degraded",),
+    "redundancy.restored": ("redundancy.degraded", "redundancy.lost"),
     "shutdown.completed": ("shutdown.started",),
     "shutdown.cancelled": ("shutdown.started",),
 }
 #: Alert types on a device that make alerts downstream of it fold into them.
 INHIBIT_SOURCES = frozenset({"power.on_battery", "power.off", "power.fsd"})
 #: Alert types (fnmatch) that fold into an upstream source alert.
-INHIBIT_TARGETS = ("psu.*", "*.psu*", "power.*", "device.comm_lost", "redundancy.degraded")
+INHIBIT_TARGETS = ("psu.*", "*.psu*", "power.*", "device.comm_lost", "redundancy.degraded",
+                   "redundancy.lost")  # fmt: skip
 #: Lines in one message before "... and N more".
 MAX_LINES = 12
 
