@@ -33,7 +33,7 @@ from .output_config import (
 )
 from .policy.config import PolicyConfig
 from .registry import driver_classes
-from .secrets import SecretRefError, substitute
+from .secrets import SecretRefError, remember_model, substitute
 from .units import Duration, Identifier
 
 Loc = tuple[str | int, ...]
@@ -340,7 +340,10 @@ def parse_site(
         errors.sort(key=lambda e: lines.line(e[0]) or 0)
         problems = [ConfigProblem(format_loc(loc), msg, lines.line(loc)) for loc, msg in errors]
         raise ConfigError(source, problems)
-    return site.model_copy(update={"devices": devices})
+    site = site.model_copy(update={"devices": devices})
+    # The log redaction filter (redact.py) masks these from now on; names are not secrets.
+    remember_model(site, [site.site, *seen, *(g.id for g in site.groups)])
+    return site
 
 
 def _policy_problems(site: SiteConfig, named: dict[str, int]) -> list[tuple[Loc, str]]:
