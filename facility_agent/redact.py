@@ -4,8 +4,9 @@ Per-call care (SecretStr, URLs reduced to scheme and host) keeps secrets out of 
 messages; this is the net under it, for what the libraries log at debug (apprise, paho,
 pymodbus, pysnmp, pyghmi), for exception texts and for tracebacks. It knows the values in
 secrets.REGISTRY (everything behind `${ENV}`/`${file:}`, every SecretStr of a loaded site) and
-masks each one in the forms it takes on the way to a log line: as is, URL-encoded
-(quote/quote_plus, upper- or lowercase hex), JSON- and repr-escaped.
+masks each one in the forms it takes on the way to a log line: as is, URL-encoded in any
+mix (quote, quote_plus, the partial quoting apprise and urllib3 log; upper- or lowercase hex),
+JSON- and repr-escaped; and a value written URL-encoded (inside a URL) also decoded.
 
 A value shorter than MIN_LENGTH is not masked (it would shred every line), and a value below
 WORD_LENGTH only as a whole word: a community `public` must not turn `published` into `***hed`.
@@ -34,21 +35,33 @@ WORD_LENGTH = 8
 _SECRET_QUERY = re.compile(r"pass|token|secret|key|auth|apikey", re.IGNORECASE)
 
 
-def _lower_hex(text: str) -> str:
-    return re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), text)
-
-
 def forms(value: str) -> set[str]:
-    """The spellings of one secret that may reach a log line."""
-    out = {value}
-    for safe in ("", "/", "@:"):
-        out.add(urllib.parse.quote(value, safe=safe))
-        out.add(urllib.parse.quote_plus(value, safe=safe))
-    out.update({_lower_hex(v) for v in out})
-    out.add(orjson.dumps(value).decode()[1:-1])
-    out.add(json.dumps(value)[1:-1])
-    out.add(repr(value)[1:-1])
+    """The escaped spellings of one secret (JSON, repr), and it as is; URL-encoded spellings
+    are matched by `flexible`, whatever subset of characters an encoder chose to escape."""
+    out = {value, orjson.dumps(value).decode()[1:-1], json.dumps(value)[1:-1], repr(value)[1:-1]}
+    if re.search(r"%[0-9A-Fa-f]{2}", value):  # written URL-encoded (in a URL): the plain value
+        out |= {urllib.parse.unquote(value), urllib.parse.unquote_plus(value)}
     return {v for v in out if v}
+
+
+def _hex(byte: int) -> str:
+    return "%" + "".join(f"[{d}{d.lower()}]" if d.isalpha() else d for d in f"{byte:02X}")
+
+
+def flexible(value: str) -> str:
+    """A pattern for `value` with any of its special characters percent-encoded (upper- or
+    lowercase hex) and a space also as `+`: quote, quote_plus and the mixed spellings libraries
+    log (apprise and urllib3 print `p@ss%2Fw0rd+x`)."""
+    parts = []
+    for ch in value:
+        if ch.isascii() and (ch.isalnum() or ch in "-._~"):
+            parts.append(re.escape(ch))
+            continue
+        alts = [re.escape(ch), "".join(_hex(b) for b in ch.encode())]
+        if ch == " ":
+            alts.append(r"\+")
+        parts.append("(?:" + "|".join(alts) + ")")
+    return "".join(parts)
 
 
 def url_parts(value: str) -> set[str]:
@@ -92,9 +105,9 @@ class Redactor:
             alternatives = []
             for v in sorted(spelled, key=len, reverse=True):
                 if len(v) < WORD_LENGTH:
-                    alternatives.append(rf"(?<![A-Za-z0-9]){re.escape(v)}(?![A-Za-z0-9])")
+                    alternatives.append(rf"(?<![A-Za-z0-9]){flexible(v)}(?![A-Za-z0-9])")
                 else:
-                    alternatives.append(re.escape(v))
+                    alternatives.append(flexible(v))
             self._pattern = re.compile("|".join(alternatives)) if alternatives else None
             self._generation = generation
             return self._pattern
