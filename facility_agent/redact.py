@@ -119,6 +119,10 @@ class Redactor:
         return pattern.sub(MASK, text)
 
 
+#: The process-wide redactor, for per-call care outside logging (a hook's output).
+redact = Redactor()
+
+
 class RedactFilter(logging.Filter):
     """Renders each record's message (args merged in) and exception text, masked.
 
@@ -127,7 +131,7 @@ class RedactFilter(logging.Filter):
 
     def __init__(self, redactor: Redactor | None = None) -> None:
         super().__init__()
-        self.redact = redactor or Redactor()
+        self.redact = redactor or redact
         self._fmt = logging.Formatter()
 
     def filter(self, record: logging.LogRecord) -> bool:

@@ -124,6 +124,18 @@ async def test_engine_hooks_and_plan_steps_pass_their_env_key(
     assert step["FACILITY_EVENT_TYPE"] == "shutdown.started"
 
 
+async def test_a_secret_the_hook_prints_is_masked_in_its_output(
+    tmp_path: Path, agent_env: None
+) -> None:
+    from facility_agent import secrets
+
+    secrets.remember(SECRETS["MATRIX_PW"])
+    script = tmp_path / "echo.py"
+    script.write_text("import os\nprint('login failed with', os.environ['MATRIX_PW'])\n")
+    result = await run_hook([sys.executable, str(script)], timeout=10, pass_env=["MATRIX_PW"])
+    assert result.ok and result.output.strip() == "login failed with ***", result.output
+
+
 def test_env_key_is_validated() -> None:
     assert HookConfig.model_validate({"events": "*", "run": ["x"], "env": "A_B"}).env == ["A_B"]
     assert HookConfig.model_validate({"events": "*", "run": ["x"]}).env == []

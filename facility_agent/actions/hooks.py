@@ -6,7 +6,8 @@ that hangs is killed with its whole process group at its timeout.
 
 A command does not inherit the agent's environment, which holds the site's secrets
 (`MATRIX_PW`, `INFLUX_TOKEN` ...): it gets PATH, HOME, TZ, LANG and LC_*, the event's `FACILITY_*`
-variables, and only the agent variables its own `env:` key names.
+variables, and only the agent variables its own `env:` key names. What it prints is kept with
+the site's secrets masked.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from ..redact import redact
 
 #: How much of a hook's stdout/stderr is kept for the log and the outcome event.
 OUTPUT_TAIL = 2000
@@ -126,5 +129,7 @@ async def run_hook(
 
 
 def _tail(out: bytes | None) -> str:
-    text = (out or b"").decode(errors="replace")
+    """The end of the output, any secret masked: it goes into events, logs and the journal,
+    and a hook given a secret through `env:` may well print it in an error."""
+    text = redact((out or b"").decode(errors="replace"))
     return text[-OUTPUT_TAIL:]
