@@ -252,10 +252,15 @@ def peers(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def env_printer(tmp_path: Path) -> list[str]:
-    """A hook/step that prints its whole environment (its output reaches events and logs)."""
+    """A hook/step that prints its whole environment (its output reaches events and logs) and
+    appends it to envs.jsonl (unmasked: what the command really got)."""
     script = tmp_path / "printenv.py"
     script.write_text(
-        "import json, os, sys\nsys.stdin.read()\nprint(json.dumps(dict(os.environ)))\n"
+        "import json, os, sys\n"
+        "sys.stdin.read()\n"
+        "env = json.dumps(dict(os.environ))\n"
+        f"open({str(tmp_path / 'envs.jsonl')!r}, 'a').write(env + '\\n')\n"
+        "print(env)\n"
     )
     return [sys.executable, str(script)]
 
@@ -467,6 +472,7 @@ async def test_no_secret_in_any_output_at_debug(
         e for e in events(col) if e["type"] == "shutdown.step" and "printenv" in e["message"]
     )
     assert step["data"]["ok"], step
+    assert len((tmp_path / "envs.jsonl").read_text().splitlines()) >= 2  # hooks and the step ran
 
     surfaces = {
         "agent log": log,
@@ -478,12 +484,13 @@ async def test_no_secret_in_any_output_at_debug(
         "runbook": runbook.stdout + runbook.stderr,
         "/metrics": "\n".join(metrics_bodies),
         "mail": "\n".join(m.decode(errors="replace") for m in peers["mail"].mails),
-        "journal": (tmp_path / "state")
-        .joinpath("journal.sqlite3")
-        .read_bytes()
-        .decode(errors="replace")
-        if (tmp_path / "state" / "journal.sqlite3").exists()
-        else "",
+        "hook environments": (tmp_path / "envs.jsonl").read_text(),
+        "state directory": "\n".join(
+            p.read_bytes().decode(errors="replace")
+            for p in (tmp_path / "state").rglob("*")
+            if p.is_file()
+        ),
     }
-    found = {where: leaks(text, SECRETS) for where, text in surfaces.items()}
-    assert all(not hits for hits in found.values()), found
+    assert all(surfaces.values()), [where for where, text in surfaces.items() if not text]
+    found = {where: hits for where, text in surfaces.items() if (hits := leaks(text, SECRETS))}
+    assert not found, found
