@@ -95,10 +95,13 @@ def add_global_options(p: argparse.ArgumentParser, *, top: bool) -> None:
 
 def setup_logging(level: str, fmt: str | None = None) -> None:
     from .logfmt import formatter, resolve
+    from .redact import install
 
     handler = logging.StreamHandler(sys.stderr)
     # text on a terminal, <priority>-prefixed lines under journald, or JSON (--log-format).
     handler.setFormatter(formatter(resolve(fmt)))
+    # Every secret of the site masked in every record, whichever library logged it (redact.py).
+    install([handler])
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     if level == "debug":
         logging.getLogger("facility_agent.sinks.mqtt.paho").setLevel(logging.DEBUG)

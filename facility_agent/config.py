@@ -34,7 +34,7 @@ from .output_config import (
 )
 from .policy.config import PolicyConfig
 from .registry import driver_classes
-from .secrets import SecretRefError, substitute
+from .secrets import SecretRefError, remember_model, substitute
 from .units import Duration, Identifier
 
 Loc = tuple[str | int, ...]
@@ -385,7 +385,10 @@ def parse_site(
         errors.sort(key=lambda e: lines.line(e[0]) or 0)
         problems = [ConfigProblem(format_loc(loc), msg, lines.line(loc)) for loc, msg in errors]
         raise ConfigError(source, problems)
-    return site.model_copy(update={"devices": devices})
+    site = site.model_copy(update={"devices": devices})
+    # The log redaction filter (redact.py) masks these from now on; names are not secrets.
+    remember_model(site, [site.site, *seen, *(g.id for g in site.groups)])
+    return site
 
 
 def _is_ref_problem(msg: str) -> bool:

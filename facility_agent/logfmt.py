@@ -41,6 +41,13 @@ def _tail(record: logging.LogRecord) -> str:
     return (" " + " ".join(parts)) if parts else ""
 
 
+def _exception(fmt: logging.Formatter, record: logging.LogRecord) -> str:
+    """The traceback text: the one the redaction filter already rendered (and masked) first."""
+    if record.exc_text:
+        return record.exc_text
+    return fmt.formatException(record.exc_info) if record.exc_info else ""
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -56,9 +63,10 @@ class JournalFormatter(logging.Formatter):
         prio = _PRIORITY.get(record.levelno, 6 if record.levelno < logging.WARNING else 3)
         text = f"<{prio}>{record.levelname} {_short(record.name)}: {record.getMessage()}"
         text += _tail(record)
-        if record.exc_info:
+        exc = _exception(self, record)
+        if exc:
             # One journal entry per line: indent the traceback under its message.
-            text += "\n" + self.formatException(record.exc_info)
+            text += "\n" + exc
         return text
 
 
@@ -73,8 +81,9 @@ class JsonFormatter(logging.Formatter):
         for attr, key in _EXTRAS:
             if hasattr(record, attr):
                 out[key] = getattr(record, attr)
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        exc = _exception(self, record)
+        if exc:
+            out["exception"] = exc
         return orjson.dumps(out, default=str).decode()
 
 

@@ -3,6 +3,11 @@
 Whatever a device said (a UPS model string, a reason) reaches the command only as data: the
 event as JSON on stdin and in `FACILITY_*` environment variables, never in its argv. A command
 that hangs is killed with its whole process group at its timeout.
+
+A command does not inherit the agent's environment, which holds the site's secrets
+(`MATRIX_PW`, `INFLUX_TOKEN` ...): it gets PATH, HOME, TZ, LANG and LC_*, the event's `FACILITY_*`
+variables, and only the agent variables its own `env:` key names. What it prints is kept with
+the site's secrets masked.
 """
 
 from __future__ import annotations
@@ -12,14 +17,19 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from ..redact import redact
+
 #: How much of a hook's stdout/stderr is kept for the log and the outcome event.
 OUTPUT_TAIL = 2000
+#: Agent variables every command gets (and every LC_*): what a program needs to find its
+#: tools and speak the site's language and time, nothing that could hold a secret.
+BASE_ENV = ("PATH", "HOME", "TZ", "LANG")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,17 +63,40 @@ def event_environment(event: Mapping[str, Any] | None) -> dict[str, str]:
     return env
 
 
+def command_environment(
+    event: Mapping[str, Any] | None = None,
+    pass_env: Iterable[str] = (),
+    source: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The whole environment of a hook or `run:` step: BASE_ENV, LC_*, the names in `pass_env`
+    (from the agent's environment, when set there), then the event's `FACILITY_*`."""
+    source = os.environ if source is None else source
+    named = set(pass_env)
+    env = {
+        key: value
+        for key, value in source.items()
+        if key in BASE_ENV or key.startswith("LC_") or key in named
+    }
+    env.setdefault("PATH", os.defpath)
+    env.update(event_environment(event))
+    return env
+
+
 async def run_hook(
     argv: Sequence[str],
     *,
     timeout: float,
     event: Mapping[str, Any] | None = None,
+    pass_env: Iterable[str] = (),
     extra_env: Mapping[str, str] | None = None,
 ) -> HookResult:
-    """Run `argv` with the event on stdin; never raises for the command's own failures."""
+    """Run `argv` with the event on stdin; never raises for the command's own failures.
+
+    `pass_env` names the agent variables the command may see (its `env:` key); `extra_env`
+    sets variables outright."""
     started = time.monotonic()
     payload = orjson.dumps(dict(event or {}))
-    env = {**os.environ, **event_environment(event), **(extra_env or {})}
+    env = {**command_environment(event, pass_env), **(extra_env or {})}
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -96,5 +129,7 @@ async def run_hook(
 
 
 def _tail(out: bytes | None) -> str:
-    text = (out or b"").decode(errors="replace")
+    """The end of the output, any secret masked: it goes into events, logs and the journal,
+    and a hook given a secret through `env:` may well print it in an error."""
+    text = redact((out or b"").decode(errors="replace"))
     return text[-OUTPUT_TAIL:]

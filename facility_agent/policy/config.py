@@ -5,6 +5,7 @@ Everything here is data the engine reads; nothing here runs anything.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -14,6 +15,20 @@ from ..units import Duration, Identifier
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_names(value: Any) -> Any:
+    """`env: NAME` or `env: [A, B]`: names of agent variables a command may see."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, list):
+        for name in value:
+            if isinstance(name, str) and not _ENV_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+    return value
 
 
 class Member(_Section):
@@ -74,11 +89,19 @@ class HookConfig(_Section):
     #: Only events of these devices or groups (empty: all).
     only: list[str] = Field(default_factory=list)
     timeout: Duration = 30.0
+    #: Agent environment variables the command sees besides PATH, HOME, TZ, LANG, LC_* and the
+    #: event's FACILITY_* (default: none, so the site's secrets stay in the agent).
+    env: list[str] = Field(default_factory=list)
 
     @field_validator("events", "only", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> Any:
+        return _env_names(value)
 
 
 class StepConfig(_Section):
@@ -100,6 +123,14 @@ class StepConfig(_Section):
     resume: Literal["skip", "rerun"] | None = None
     #: Whether a failure stops the plan (`stop`) or the plan goes on (`continue`).
     on_failure: Literal["continue", "stop"] = "continue"
+    #: For `run:` steps: agent environment variables the command sees besides PATH, HOME, TZ,
+    #: LANG, LC_* and FACILITY_* (default: none).
+    env: list[str] = Field(default_factory=list)
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, value: Any) -> Any:
+        return _env_names(value)
 
     @model_validator(mode="after")
     def _one_kind(self) -> StepConfig:
@@ -110,6 +141,8 @@ class StepConfig(_Section):
             raise ValueError("a device step needs an action")
         if self.run is not None and not self.run:
             raise ValueError("run: needs at least the program")
+        if self.env and self.run is None:
+            raise ValueError("env: only applies to a run: step")
         return self
 
     @property

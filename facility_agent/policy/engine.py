@@ -201,18 +201,22 @@ class PolicyEngine:
             group = str(event.data.get("group", "")) if event.data else ""
             if hook.only and event.device not in hook.only and group not in hook.only:
                 continue
-            task = asyncio.create_task(self._run_hook(hook.run, hook.timeout, event))
+            task = asyncio.create_task(self._run_hook(hook.run, hook.timeout, event, hook.env))
             self._hook_tasks.add(task)
             task.add_done_callback(self._hook_tasks.discard)
 
-    async def _run_hook(self, argv: list[str], timeout: float, event: Event) -> None:
+    async def _run_hook(
+        self, argv: list[str], timeout: float, event: Event, env: list[str] | None = None
+    ) -> None:
         if self.dry_run:
             self._emit(
                 event.device, "hook.ok", Severity.INFO, f"dry run: would run {argv[0]}", argv=argv
             )
             return
         try:
-            result = await run_hook(argv, timeout=timeout, event=event.payload())
+            result = await run_hook(
+                argv, timeout=timeout, event=event.payload(), pass_env=env or ()
+            )
         except Exception as exc:
             # A hook task that died would otherwise vanish without a word.
             log.exception("running hook %s failed", argv[0])

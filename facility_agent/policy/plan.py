@@ -59,7 +59,7 @@ async def execute_step(
         assert step.run is not None
         if ctx.dry_run:
             return True, "dry run: would run " + " ".join(step.run)
-        result = await run_hook(step.run, timeout=step.timeout, event=ctx.event)
+        result = await run_hook(step.run, timeout=step.timeout, event=ctx.event, pass_env=step.env)
         detail = result.describe()
         if result.output.strip():
             detail += ": " + result.output.strip().splitlines()[-1][:200]
