@@ -81,7 +81,7 @@ def test_every_problem_is_listed_with_path_and_line() -> None:
         "site (line 2): may only hold lowercase letters, digits, '-' and '_'",
         "mqtt.port (line 5): Input should be a valid integer, unable to parse string as an integer",
         "mqtt.colour (line 6): unknown key",
-        "devices[0].interval (line 10): Value error, 'soon' is not a duration: use a number of "
+        "devices[0].interval (line 10): 'soon' is not a duration: use a number of "
         "seconds or '500ms', '2s', '1m', '1h'",
         "devices[1].id (line 11): duplicate device id 'ups-a' (also devices[0])",
         "devices[2].driver (line 14): unknown driver 'nosuch' (installed: fake)",
@@ -121,7 +121,10 @@ def test_missing_env_secret_names_the_variable() -> None:
         site: lab1
         mqtt: {host: 127.0.0.1, password: "${MQTT_PW}"}
         """
-    ) == ["mqtt.password (line 3): environment variable MQTT_PW is not set"]
+    ) == [
+        "mqtt.password (line 3): environment variable MQTT_PW is not set (export it, or "
+        "for the service put MQTT_PW=... in /etc/facility-agent/env)"
+    ]
 
 
 def test_file_secret(tmp_path: Path) -> None:
