@@ -177,7 +177,8 @@ async def test_driver_against_pymodbus_server(
         assert m["generator.mode"] == "auto"
         assert m["engine.oil.pressure"] == 350
         assert m["engine.coolant.temperature"] == -20
-        assert "engine.oil.temperature" not in m  # GenComm sentinel
+        assert "engine.oil.temperature" not in m  # GenComm sentinel ...
+        assert "engine.oil.temperature" in s.unknown  # ... is unknown, not a reading
         assert m["generator.fuel.level"] == 75
         assert m["engine.battery.voltage"] == 24.5
         assert m["generator.frequency"] == 50
