@@ -42,6 +42,7 @@ from .modbus_profile import (
     decode_block,
     load_profile,
 )
+from .valid import UnknownLog
 
 BAUDRATES = (1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200)
 
@@ -185,6 +186,8 @@ class ModbusDriver(Driver):
         self.blocks = self.profile.blocks()
         self._link: ModbusLink | None = None
         self._mains_lost_since: float | None = None
+        self._unknown_log = UnknownLog(config.id)
+        self._hidden = {p.name for p in self.profile.points if p.hidden}
 
     def _conn(self) -> ModbusLink:
         if self._link is None:
@@ -214,8 +217,13 @@ class ModbusDriver(Driver):
             self._generator(decoded, time.monotonic())
         elif self.profile.kind == "ats":
             self._mains_flags(decoded)
+        self._unknown_log.update(decoded.unknown, decoded.metrics)
         return Sample(
-            device=self.cfg.id, ts=utcnow(), status=tuple(decoded.flags), metrics=decoded.metrics
+            device=self.cfg.id,
+            ts=utcnow(),
+            status=tuple(decoded.flags),
+            metrics=decoded.metrics,
+            unknown=tuple(sorted(set(decoded.unknown) - self._hidden)),
         )
 
     def _mains_flags(self, d: Decoded) -> bool | None:

@@ -19,9 +19,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from facility_agent.model import MetricValue
+
+from .valid import not_a_reading, parse_range
 
 Table = Literal["holding", "input", "coil", "discrete"]
 PointType = Literal["u16", "s16", "u32", "s32", "f32", "bool", "alarm4"]
@@ -62,8 +72,14 @@ class Point(_M):
     scale: float = 1.0
     unit: str = ""
     description: str = ""
-    #: Raw values that mean "not available" (sentinels): the metric is left out.
-    invalid: list[int] = Field(default_factory=list)
+    #: Valid RAW values (before `map` and `scale`) as the register map states them:
+    #: `0..65527`. Required for every numeric point; a value outside it is not a reading.
+    range: tuple[int | float, int | float] | None = None
+    #: Raw values that mean "not available" / "not fitted" (GenComm's 0xFFFF ...): not a
+    #: reading. `invalid:` is the older name of this key.
+    sentinels: list[int | float] = Field(
+        default_factory=list, validation_alias=AliasChoices("sentinels", "invalid")
+    )
     #: Raw value -> published value (text, number or true/false); unmapped raw values are left
     #: out, so a controller's "not implemented" code never becomes a wrong reading.
     map: dict[int, Scalar] | None = None
@@ -79,6 +95,11 @@ class Point(_M):
     level_flags: dict[str, str] = Field(default_factory=dict)
     #: Do not publish the value itself (it only feeds flags).
     hidden: bool = False
+
+    @field_validator("range", mode="before")
+    @classmethod
+    def _range(cls, value: object) -> object:
+        return None if value is None else parse_range(value)
 
     @field_validator("flags", mode="before")
     @classmethod
@@ -102,6 +123,13 @@ class Point(_M):
             raise ValueError("coils and discrete inputs are type bool")
         if self.type == "bool" and self.table in ("holding", "input") and self.bits is None:
             raise ValueError("a bool in a register needs bits: [n, n]")
+        if self.type in ("bool", "alarm4"):
+            if self.range is not None or self.sentinels:
+                raise ValueError(f"a {self.type} point has no range or sentinels")
+        elif self.range is None:
+            raise ValueError(
+                "range: is required (the valid raw values from the register map, e.g. 0..65527)"
+            )
         return self
 
     @property
@@ -222,6 +250,8 @@ class Decoded:
     flags: list[str] = field(default_factory=list)
     #: Active alarms: name -> level.
     alarms: dict[str, str] = field(default_factory=dict)
+    #: Points whose value was not a reading this poll: name -> why (for the log).
+    unknown: dict[str, str] = field(default_factory=dict)
 
     def flag(self, name: str) -> None:
         if name not in self.flags:
@@ -237,7 +267,7 @@ def _words_to_bytes(words: Sequence[int], word_order: Order, byte_order: Order) 
 
 
 def raw_value(point: Point, words: Sequence[int], defaults: Defaults) -> int | float:
-    """The raw number a point's registers hold (before `invalid`, `map` and `scale`)."""
+    """The raw number a point's registers hold (before `range`, `map` and `scale`)."""
     wo = point.word_order or defaults.word_order
     bo = point.byte_order or defaults.byte_order
     data = _words_to_bytes(words[: WORDS[point.type]], wo, bo)
@@ -269,18 +299,24 @@ def decode_point(
         raw = int(bool(words[0]))
     else:
         raw = raw_value(point, [int(w) for w in words], defaults)
-    if isinstance(raw, int):
-        if raw in point.invalid:
+    if point.type != "bool":
+        why = not_a_reading(raw, point.range, point.sentinels)
+        if (
+            why is None
+            and point.map is not None
+            and (not isinstance(raw, int) or raw not in point.map)
+        ):
+            why = f"{raw} is none of the values the register map documents"
+        if why is not None:
+            out.unknown[point.name] = why
             return
+    if isinstance(raw, int):
         for bit, flag in point.bitflags.items():
             if raw >> bit & 1:
                 out.flag(flag)
-    elif not math.isfinite(raw):
-        return
     value: Scalar
     if point.map is not None:
-        if not isinstance(raw, int) or raw not in point.map:
-            return
+        assert isinstance(raw, int)
         value = point.map[raw]
     elif point.type == "bool":
         value = bool(raw)

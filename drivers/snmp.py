@@ -21,6 +21,7 @@ from . import snmp_ber as ber
 from .snmp_ber import Oid, Value, VarBind
 from .snmp_client import FastClient, SnmpClient, UsmClient
 from .snmp_profile import Column, Profile, ProfileError, Table, load_profile
+from .valid import UnknownLog, not_a_reading
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,9 @@ class SnmpDriver(Driver):
         self._max_oids = config.max_oids
         self._counters: dict[str, _Counter] = {}
         self._warned: set[str] = set()
+        self._unknown_log = UnknownLog(config.id)
+        #: Metric -> why its value this poll was not a reading (filled by `_convert`).
+        self._unknown: dict[str, str] = {}
         p = self.profile
         self._scalars: list[tuple[str, Column, Oid]] = [
             (name, col, p.resolve(col.oid)) for name, col in p.metrics.items()
@@ -174,6 +178,7 @@ class SnmpDriver(Driver):
 
     async def poll(self) -> Sample:
         metrics: dict[str, MetricValue] = {}
+        self._unknown = {}
         client = self.client()
         if self._scalars:
             values = await self._get_all(client, [oid for _, _, oid in self._scalars])
@@ -188,7 +193,15 @@ class SnmpDriver(Driver):
             await self._read_table(client, prefix, table, metrics, budget)
         flags = self.profile.flags_for(dict(metrics))
         published = {k: v for k, v in metrics.items() if not k.startswith("_")}
-        return Sample(device=self.cfg.id, ts=utcnow(), status=tuple(flags), metrics=published)
+        unknown = self._unknown
+        self._unknown_log.update(unknown, metrics)
+        return Sample(
+            device=self.cfg.id,
+            ts=utcnow(),
+            status=tuple(flags),
+            metrics=published,
+            unknown=tuple(sorted(n for n in unknown if not n.startswith("_"))),
+        )
 
     # ---- GET of scalars -------------------------------------------------------------------
 
@@ -314,10 +327,12 @@ class SnmpDriver(Driver):
 
     def _convert(self, name: str, col: Column, value: Value) -> MetricValue | None:
         tag, raw = value
-        if col.enum is not None and isinstance(raw, int):
-            return col.enum.get(raw, f"unknown({raw})")
         if col.type == "string":
             return _text(value)
+        if isinstance(raw, int) and tag in ber.INT_TAGS and not self._reading(name, col, raw):
+            return None
+        if col.enum is not None and isinstance(raw, int):
+            return col.enum.get(raw, f"unknown({raw})")
         if col.type == "counter" and tag in (ber.COUNTER32, ber.COUNTER64) and isinstance(raw, int):
             width = 1 << (64 if tag == ber.COUNTER64 else 32)
             counter = self._counters.get(name)
@@ -331,11 +346,20 @@ class SnmpDriver(Driver):
             return _scaled(raw, col.scale)
         if isinstance(raw, bytes):
             try:
-                return _scaled(float(raw.decode("ascii").strip()), col.scale)
+                number = float(raw.decode("ascii").strip())
             except (UnicodeDecodeError, ValueError):
                 pass
+            else:
+                return _scaled(number, col.scale) if self._reading(name, col, number) else None
         self._warn(name, f"expected a number, got {ber.TYPE_NAMES.get(tag, hex(tag))}")
         return None
+
+    def _reading(self, name: str, col: Column, raw: int | float) -> bool:
+        """Is the raw value a reading? If not, the metric is noted as unknown for this poll."""
+        why = not_a_reading(raw, col.range, col.sentinels)
+        if why is not None:
+            self._unknown[name] = why
+        return why is None
 
     def _warn(self, name: str, text: str) -> None:
         if name not in self._warned:

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .snmp_ber import Oid, parse_oid
+from .valid import parse_range
 
 _NAME = re.compile(r"^_?[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+|\.\{(index|label)\})*$")
 _SYMBOL = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)((?:\.\d+)*)$")
@@ -46,6 +47,25 @@ class Column(_M):
     scale: float = 1.0
     #: Integer value -> text (`{1: "on", 2: "off"}`); unknown values become `unknown(N)`.
     enum: dict[int, str] | None = None
+    #: Valid RAW values (before `scale`) as the MIB states them: `0..100`. Required for
+    #: numbers and counters; a value outside it is not a reading (see drivers/valid.py).
+    range: tuple[int | float, int | float] | None = None
+    #: RAW values that mean "unknown" / "not fitted" even inside the range (`[-1, 65535]`).
+    sentinels: list[int | float] = Field(default_factory=list)
+
+    @field_validator("range", mode="before")
+    @classmethod
+    def _range(cls, value: object) -> object:
+        return None if value is None else parse_range(value)
+
+    @model_validator(mode="after")
+    def _range_needed(self) -> Column:
+        if self.type == "string":
+            if self.range is not None or self.sentinels:
+                raise ValueError("text has no range: range/sentinels are for numbers")
+        elif self.range is None:
+            raise ValueError("range: is required (the valid raw values, from the MIB: 0..100)")
+        return self
 
 
 class Table(_M):

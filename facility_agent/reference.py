@@ -24,6 +24,9 @@ OTHER_EVENTS: tuple[tuple[str, str, str, str], ...] = (
      "(critical when last known on battery)"),
     ("device.comm_restored", "info", "agent", "a lost device answers again"),
     ("power.low_battery_unconfirmed", "warning", "policy", "LB without corroboration: no shutdown"),
+    ("policy.trigger_blind", "warning", "policy", "a trigger's input stayed unknown `stale_after`: "
+     "it neither fires nor clears"),
+    ("policy.trigger_sees", "info", "policy", "a blind trigger's inputs read again"),
     ("redundancy.degraded", "warning/critical", "policy", "a group has fewer healthy members "
      "than all (critical below `min`)"),
     ("redundancy.lost", "critical", "policy", "no member of a group is healthy any more"),

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from facility_agent.driver import ActionError, DeviceError, DeviceTimeout, ProtocolError
 from facility_agent.drivers.modbus import ModbusDeviceConfig, ModbusDriver
@@ -73,24 +74,47 @@ def test_bundled_profiles_load_and_read_in_few_blocks() -> None:
 
 
 def test_types_orders_bits_and_sentinels() -> None:
-    d = Profile(name="t", points=[Point(name="x", address=0)]).defaults
+    d = Profile(name="t", points=[Point(name="x", address=0, range="0..65535")]).defaults
+    s16, u32, s32 = "-32768..32767", "0..4294967295", "-2147483648..2147483647"
     cases: list[tuple[dict[str, Any], list[int], Any]] = [
-        ({"type": "s16"}, [0xFFFE], -2),
-        ({"type": "u32"}, [0x0001, 0x0002], 65538),
-        ({"type": "u32", "word_order": "little"}, [0x0002, 0x0001], 65538),
-        ({"type": "s32", "scale": 0.1}, [0xFFFF, 0xFFF6], -1),
-        ({"type": "f32"}, [0x4148, 0x0000], 12.5),
-        ({"type": "f32", "byte_order": "little", "word_order": "little"}, [0x0000, 0x4841], 12.5),
-        ({"type": "u16", "bits": (4, 7), "map": {2: "two"}}, [0x0020], "two"),
-        ({"type": "u16", "invalid": [65535]}, [0xFFFF], None),
+        ({"type": "s16", "range": s16}, [0xFFFE], -2),
+        ({"type": "u32", "range": u32}, [0x0001, 0x0002], 65538),
+        ({"type": "u32", "range": u32, "word_order": "little"}, [0x0002, 0x0001], 65538),
+        ({"type": "s32", "range": s32, "scale": 0.1}, [0xFFFF, 0xFFF6], -1),
+        ({"type": "f32", "range": "-1000..1000"}, [0x4148, 0x0000], 12.5),
+        (
+            {"type": "f32", "range": "-1000..1000", "byte_order": "little", "word_order": "little"},
+            [0x0000, 0x4841],
+            12.5,
+        ),
+        ({"type": "u16", "range": "0..15", "bits": (4, 7), "map": {2: "two"}}, [0x0020], "two"),
+        # Sentinels (and the older key `invalid`), the range, and an undocumented map value.
+        ({"type": "u16", "range": "0..65535", "sentinels": [0xFFFF]}, [0xFFFF], None),
+        ({"type": "u16", "range": "0..65535", "invalid": [65535]}, [0xFFFF], None),
+        ({"type": "s16", "range": "-50..200"}, [0xFFC4], None),  # -60 degC: below the range
+        ({"type": "s16", "range": "-50..200"}, [0xFFCE], -50),
+        ({"type": "f32", "range": "-1000..1000"}, [0x7FC0, 0x0000], None),  # NaN
+        ({"type": "u16", "range": "0..15", "map": {0: "stopped", 3: "running"}}, [15], None),
     ]
     for spec, words, expected in cases:
         out = Decoded()
         decode_point(Point(name="x", address=0, **spec), words, d, out)
         assert out.metrics.get("x") == expected, spec
+        assert ("x" in out.unknown) == (expected is None), spec
     out = Decoded()
-    decode_point(Point(name="f", address=0, bitflags={0: "A", 3: "B"}), [0b1001], d, out)
+    point = Point(name="f", address=0, range="0..65535", bitflags={0: "A", 3: "B"})
+    decode_point(point, [0b1001], d, out)
     assert out.flags == ["A", "B"]
+
+
+def test_every_numeric_point_needs_a_range() -> None:
+    with pytest.raises(ValidationError, match="range: is required"):
+        Point(name="x", address=0, type="u16")
+    with pytest.raises(ValidationError, match="low end above high end"):
+        Point(name="x", address=0, range="10..1")
+    with pytest.raises(ValidationError, match="no range"):
+        Point(name="b", address=0, table="coil", type="bool", range="0..1")
+    Point(name="b", address=0, table="coil", type="bool")  # two-valued: no range needed
 
 
 def test_simulator_encodes_what_the_driver_decodes() -> None:
@@ -153,7 +177,8 @@ async def test_driver_against_pymodbus_server(
         assert m["generator.mode"] == "auto"
         assert m["engine.oil.pressure"] == 350
         assert m["engine.coolant.temperature"] == -20
-        assert "engine.oil.temperature" not in m  # GenComm sentinel
+        assert "engine.oil.temperature" not in m  # GenComm sentinel ...
+        assert "engine.oil.temperature" in s.unknown  # ... is unknown, not a reading
         assert m["generator.fuel.level"] == 75
         assert m["engine.battery.voltage"] == 24.5
         assert m["generator.frequency"] == 50
@@ -170,7 +195,11 @@ async def test_driver_against_pymodbus_server(
         await d.close()
     # A profile that asks for a register the device does not have: permanent, names the unit.
     path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump({"name": "bad", "points": [{"name": "x", "address": 3000}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {"name": "bad", "points": [{"name": "x", "address": 3000, "range": "0..65535"}]}
+        )
+    )
     d = driver(unit=10, request_timeout=1.0, profile=str(path), **link)
     try:
         with pytest.raises(ModbusMapError, match=r"unit 10 on .*illegal data address") as exc:
@@ -332,7 +361,7 @@ async def test_exception_replies_illegal_address_and_value(
         yaml.safe_dump(
             {
                 "name": "p",
-                "points": [{"name": "x", "address": 40000}],
+                "points": [{"name": "x", "address": 40000, "range": "0..65535"}],
                 "commands": {"bad": {"address": 4104, "values": [35701, 1]}},
             }
         )

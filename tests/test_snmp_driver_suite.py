@@ -144,10 +144,10 @@ async def test_missing_objects_are_left_out_per_oid(agent: Agent, tmp_path: Any)
     profile = tmp_path / "partial.yaml"
     profile.write_text(
         "protocol: snmp\nname: partial\nmetrics:\n"
-        "  battery.charge: {oid: 1.3.6.1.2.1.33.1.2.4.0}\n"
-        "  nothing.here: {oid: 1.3.6.1.4.1.99999.1.0}\n"
-        "  also.missing: {oid: 1.3.6.1.2.1.33.1.2.4.99}\n"
-        "tables:\n  empty: {columns: {x: {oid: 1.3.6.1.4.1.99999.2}}}\n"
+        "  battery.charge: {oid: 1.3.6.1.2.1.33.1.2.4.0, range: 0..100}\n"
+        "  nothing.here: {oid: 1.3.6.1.4.1.99999.1.0, range: 0..1}\n"
+        "  also.missing: {oid: 1.3.6.1.2.1.33.1.2.4.99, range: 0..1}\n"
+        "tables:\n  empty: {columns: {x: {oid: 1.3.6.1.4.1.99999.2, range: 0..1}}}\n"
     )
     drv = device(agent.port, community=agent.ups_community, profile=str(profile))
     try:

@@ -224,6 +224,9 @@ class Triggers(_Section):
     generator_not_running: GeneratorTrigger | None = None
     #: A trigger condition must hold this long before it fires (low battery has its own).
     hold: Duration = 3.0
+    #: A trigger whose input is unknown (a sentinel, a value outside its range) holds its last
+    #: state; after this long it raises `policy.trigger_blind` (docs/policy.md).
+    stale_after: Duration = 30.0
 
 
 class ShutdownConfig(_Section):

@@ -22,7 +22,16 @@ from ..model import DeviceState, Event, Severity, utcnow
 from ..state import SiteState
 from ..supervise import Supervisor
 from .config import PolicyConfig, StageConfig, StepConfig
-from .evaluate import GroupEvaluator, GroupView, Held, PowerView, metric, power_view
+from .evaluate import (
+    Blind,
+    GroupEvaluator,
+    GroupView,
+    Held,
+    PowerView,
+    metric,
+    power_view,
+    unknown_inputs,
+)
 from .journal import Journal, RunRecord
 from .plan import PlanRunner, StepContext, StepOutcome, execute_step
 
@@ -101,6 +110,8 @@ class PolicyEngine:
         self._held: dict[str, Held] = trigger_holds(policy)
         self._cancel_held = Held(sd.cancel_after if sd else 0.0)
         self._recover_held = Held(policy.recovery.stable_for if policy.recovery else 0.0)
+        #: Per trigger: how long its input has been unknown (policy.trigger_blind).
+        self._blind: dict[str, Blind] = {}
 
     def reconfigure(self, new: PolicyConfig) -> list[str]:
         """Swap in a reloaded policy: evaluators of unchanged groups keep their debounce
@@ -120,6 +131,7 @@ class PolicyEngine:
         self.groups = groups
         if old.shutdown != new.shutdown:
             self._held = trigger_holds(new)
+            self._blind = {}
             self._cancel_held = Held(new.shutdown.cancel_after if new.shutdown else 0.0)
             self._expected = None
         if old.recovery != new.recovery:
@@ -256,16 +268,51 @@ class PolicyEngine:
             return
         confirm = sd.triggers.low_battery.confirm if sd.triggers.low_battery else []
         pv = power_view(group.group, states, confirm)
+        gen = sd.triggers.generator_not_running
+        unknown = unknown_inputs(
+            group.group, states, confirm, (gen.device, gen.metric) if gen else None
+        )
+        # Only triggers the site configured can be blind.
+        if sd.triggers.runtime_below is None and sd.triggers.runtime_margin is None:
+            unknown["runtime"] = []
+        if self.policy.recovery is None:
+            unknown["recovery"] = []
+        self._watch_blind(unknown, sd.triggers.stale_after, now)
         self._warn_unconfirmed(pv)
         if self.plan_task is not None:
             self._maybe_cancel(pv, now)
         elif self.recovery_task is None and not self.site_down:
-            reason = self._trigger(pv, states, now)
+            reason = self._trigger(pv, states, now, unknown)
             if reason is not None:
                 self._start_plan(reason)
                 return
         if self.recovery_pending and self.plan_task is None and self.recovery_task is None:
-            self._maybe_recover(pv, now)
+            self._maybe_recover(pv, now, bool(unknown["recovery"]))
+
+    def _watch_blind(self, unknown: dict[str, list[str]], stale_after: float, now: float) -> None:
+        """Raise `policy.trigger_blind` once a trigger's input stayed unknown `stale_after`,
+        and `policy.trigger_sees` once it is known again."""
+        for name, inputs in unknown.items():
+            watch = self._blind.setdefault(name, Blind(stale_after))
+            change = watch.update(bool(inputs), now)
+            if change == "blind":
+                self._emit(
+                    self.site,
+                    "policy.trigger_blind",
+                    Severity.WARNING,
+                    f"the {name} trigger is blind: {', '.join(inputs)} unknown for "
+                    f"{stale_after:g} s (it neither fires nor clears until they read again)",
+                    trigger=name,
+                    inputs=inputs,
+                )
+            elif change == "sees":
+                self._emit(
+                    self.site,
+                    "policy.trigger_sees",
+                    Severity.INFO,
+                    f"the {name} trigger sees again: its inputs read again",
+                    trigger=name,
+                )
 
     def _evaluate_group(
         self, ev: GroupEvaluator, states: Mapping[str, DeviceState], now: float
@@ -361,8 +408,15 @@ class PolicyEngine:
                 other.close()
         return learned if learned is not None else sd.expected_duration
 
-    def _trigger(self, pv: PowerView, states: Mapping[str, DeviceState], now: float) -> str | None:
-        """The reason to start the plan now, or None."""
+    def _trigger(
+        self,
+        pv: PowerView,
+        states: Mapping[str, DeviceState],
+        now: float,
+        unknown: Mapping[str, list[str]],
+    ) -> str | None:
+        """The reason to start the plan now, or None. A trigger whose decision rests on an
+        unknown input holds: its debounce is neither advanced nor reset."""
         sd = self.policy.shutdown
         assert sd is not None
         trig = sd.triggers
@@ -376,7 +430,14 @@ class PolicyEngine:
         if held["fsd"].update(trig.fsd and bool(pv.fsd), now):
             reasons.append(f"forced shutdown (FSD) from {', '.join(pv.fsd)}")
         critical = pv.critical(need, trig.comm_lost_on_battery)
-        if held["low_battery"].update(trig.low_battery is not None and critical, now):
+        lb_blind = (
+            bool(unknown["low_battery"])
+            and bool(set(pv.unconfirmed_low) & set(pv.on_battery))
+            and not critical
+        )
+        if not lb_blind and held["low_battery"].update(
+            trig.low_battery is not None and critical, now
+        ):
             parts = [f"low battery on {', '.join(pv.low_battery)}"] if pv.low_battery else []
             if pv.dead and trig.comm_lost_on_battery:
                 parts.append(f"{', '.join(pv.dead)} lost while on battery")
@@ -386,7 +447,10 @@ class PolicyEngine:
             limit = trig.runtime_below
         if trig.runtime_margin is not None:
             limit = max(limit or 0.0, self.expected_duration() + trig.runtime_margin)
-        if held["runtime"].update(on_battery and limit is not None and runtime < limit, now):
+        runtime_blind = on_battery and bool(unknown["runtime"])
+        if not runtime_blind and held["runtime"].update(
+            on_battery and limit is not None and runtime < limit, now
+        ):
             reasons.append(f"runtime {runtime:.0f} s is below {limit:.0f} s")
         if not cooling:
             if held["on_battery"].update(on_battery and trig.on_battery_for is not None, now):
@@ -395,7 +459,8 @@ class PolicyEngine:
             gen_down = (
                 gen is not None and str(metric(states, gen.device, gen.metric)) != gen.running
             )
-            if held["generator"].update(on_battery and gen_down, now):
+            gen_blind = on_battery and bool(unknown["generator"])
+            if not gen_blind and held["generator"].update(on_battery and gen_down, now):
                 assert gen is not None
                 reasons.append(
                     f"generator {gen.device} not running {gen.after:g} s after the power was lost"
@@ -414,12 +479,14 @@ class PolicyEngine:
             log.warning("power is back before the point of no return: cancelling the shutdown")
             self.plan_task.cancel()
 
-    def _maybe_recover(self, pv: PowerView, now: float) -> None:
+    def _maybe_recover(self, pv: PowerView, now: float, charge_unknown: bool = False) -> None:
         rec = self.policy.recovery
         sd = self.policy.shutdown
         assert sd is not None
         need = self.groups[sd.group].group.min
         charged = rec is None or pv.min_charge is None or pv.min_charge >= rec.min_charge
+        if charge_unknown and rec is not None:
+            return  # a charge the UPS cannot tell is not "charged enough": wait for a reading
         if self._recover_held.update(not pv.on_battery_group(need) and charged, now):
             self._start_recovery()
 

@@ -36,6 +36,58 @@ class Held:
         return self.since is not None
 
 
+class Blind:
+    """How long a trigger's input has been unknown: after `stale_after` the trigger is blind
+    (raise the alert once), and it sees again when the input is known again (clear it once)."""
+
+    def __init__(self, stale_after: float) -> None:
+        self.stale_after = stale_after
+        self.since: float | None = None
+        self.raised = False
+
+    def update(self, unknown: bool, now: float) -> Literal["blind", "sees"] | None:
+        if not unknown:
+            self.since = None
+            if self.raised:
+                self.raised = False
+                return "sees"
+            return None
+        if self.since is None:
+            self.since = now
+        if not self.raised and now - self.since >= self.stale_after:
+            self.raised = True
+            return "blind"
+        return None
+
+
+def unknown_inputs(
+    group: GroupConfig,
+    states: Mapping[str, DeviceState],
+    confirm: list[ConfirmCondition],
+    generator: tuple[str, str] | None,
+) -> dict[str, list[str]]:
+    """Per trigger, the inputs that are unknown now (`ups-a battery.runtime`): a trigger with
+    any holds instead of deciding. Flags are never unknown, so FSD and on-battery never are."""
+    out: dict[str, list[str]] = {"runtime": [], "low_battery": [], "generator": [], "recovery": []}
+    for member in group.members:
+        st = states.get(member.device)
+        if st is None or st.comm != "ok":
+            continue
+        if "battery.runtime" in st.unknown and "OFF" not in st.status:
+            out["runtime"].append(f"{member.device} battery.runtime")
+        if "battery.charge" in st.unknown and "OL" in st.status:
+            out["recovery"].append(f"{member.device} battery.charge")
+    for cond in confirm:
+        st = states.get(cond.device)
+        if st is not None and cond.metric in st.unknown:
+            out["low_battery"].append(f"{cond.device} {cond.metric}")
+    if generator is not None:
+        st = states.get(generator[0])
+        if st is not None and generator[1] in st.unknown:
+            out["generator"].append(f"{generator[0]} {generator[1]}")
+    return out
+
+
 def _num(metrics: Mapping[str, MetricValue], key: str) -> float | None:
     value = metrics.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -82,11 +134,22 @@ class GroupEvaluator:
         down = []
         for member in self.group.members:
             key = str(member)
-            raw = member_healthy(self.group, member, states.get(member.device))
-            if key not in self._counted:
+            state = states.get(member.device)
+            raw = member_healthy(self.group, member, state)
+            # A member read through a metric whose value is unknown is neither healthy nor
+            # unhealthy: it keeps its count (and a pending flip) until the value is known.
+            unknown = (
+                member.metric is not None
+                and state is not None
+                and state.comm == "ok"
+                and member.metric in state.unknown
+            )
+            if unknown:
+                pass
+            elif key not in self._counted:
                 # No history yet: take the first reading as it is, so a site that starts up
                 # degraded says so at once.
-                if states.get(member.device) is not None:
+                if state is not None:
                     self._counted[key] = raw
             elif self._flip[key].update(raw != self._counted[key], now):
                 self._counted[key] = raw

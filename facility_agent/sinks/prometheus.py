@@ -71,6 +71,8 @@ class Snapshot:
     outbox_errors: Mapping[str, int] = field(default_factory=dict)
     faults: Mapping[tuple[str, str], int] = field(default_factory=dict)
     tasks: Mapping[str, Any] = field(default_factory=dict)
+    #: (device, metric) -> times the metric turned unknown.
+    unknown: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def metric_name(name: str) -> str:
@@ -106,6 +108,8 @@ class PrometheusSink:
         self.outbox = outbox
         self._states: dict[str, DeviceState] = {}
         self._events: Counter[tuple[str, str]] = Counter()
+        #: (device, metric) -> times the metric turned unknown (see `count_unknown`).
+        self._unknown: Counter[tuple[str, str]] = Counter()
         self._tick = time.monotonic()
         self._started = time.time()
         self._server: WSGIServer | None = None
@@ -149,6 +153,7 @@ class PrometheusSink:
         log.info("serving /metrics and /healthz on %s:%d", self.config.host, self.port)
 
     def publish_state(self, state: DeviceState) -> None:
+        count_unknown(self._unknown, self._states.get(state.device), state)
         states = dict(self._states)
         states[state.device] = state
         self._states = states
@@ -188,6 +193,7 @@ class PrometheusSink:
         box = self.outbox
         return Snapshot(
             states=self._states,
+            unknown=Counter(self._unknown),
             events=dict(self._events),
             outputs=tuple(outputs),
             outbox=box.stats() if box is not None else None,
@@ -269,6 +275,42 @@ class PrometheusSink:
         return [b"not found: try /metrics or /healthz\n"]
 
 
+def count_unknown(
+    counts: Counter[tuple[str, str]], prev: DeviceState | None, state: DeviceState
+) -> None:
+    """Count a metric each time it turns unknown (a value the device sent that is not a
+    reading): a state republished unchanged, or still unknown, counts nothing more."""
+    before = set(prev.unknown) if prev is not None else set()
+    for name in state.unknown:
+        if name not in before:
+            counts[(state.device, name)] += 1
+
+
+def unknown_metrics(
+    site: str, states: Mapping[str, DeviceState], counts: Counter[tuple[str, str]]
+) -> Iterator[Metric]:
+    """`facility_unknown` (1 per metric unknown now) and `facility_unknown_readings_total`
+    (times it turned unknown since start), per device and metric."""
+    now = GaugeMetricFamily(
+        "facility_unknown",
+        "1 while the device's last value for the metric was not a reading (out of range, sentinel)",
+        None,
+        ["site", "device", "driver", "metric"],
+    )
+    for state in states.values():
+        for name in state.unknown:
+            now.add_metric([site, state.device, state.driver, name], 1.0)
+    yield now
+    total = CounterMetricFamily(
+        "facility_unknown_readings",
+        "Times a metric turned unknown (the device sent a value that is not a reading)",
+        labels=["site", "device", "metric"],
+    )
+    for (device, name), n in sorted(counts.items()):
+        total.add_metric([site, device, name], float(n))
+    yield total
+
+
 class _SiteCollector(Collector):
     def __init__(self, sink: PrometheusSink) -> None:
         self.sink = sink
@@ -323,6 +365,7 @@ class _SiteCollector(Collector):
         yield info
         yield updated
         yield from families.values()
+        yield from unknown_metrics(site, states, snap.unknown)
         yield from self._agent_metrics(snap)
         yield from fault_metrics(site, snap)
 

@@ -1,0 +1,129 @@
+"""Walks recorded from real UPS cards and PDUs (tests/testcases/snmp/*/device.snmprec), replayed by
+real net-snmp snmpd through the pass_persist helper, read by the SNMP driver with the profile the
+case names, and compared with expected.yaml, which was written from the MIBs' own definitions
+(units, ranges, enumerations), not from the agent's output. Each case's SOURCE.md says where the
+recording comes from and what the MIB says about its odd values.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
+
+from .fixtures.procs import Proc, free_port, require_binary, wait_until
+from .fixtures.snmp import PASS_HELPER, client_env
+
+CASES = Path(__file__).parent / "testcases" / "snmp"
+NAMES = sorted(p.name for p in CASES.iterdir() if (p / "expected.yaml").is_file())
+#: The subtrees the recordings are served under (snmpd answers the rest itself).
+SUBTREES = (".1.3.6.1.2.1.33", ".1.3.6.1.4.1.318", ".1.3.6.1.4.1.534")
+SNMPGET = ("snmpget", "-v2c", "-c", "public", "-On", "-t", "0.3", "-r", "0")
+
+
+@contextmanager
+def serve(recording: Path, root: Path) -> Iterator[int]:
+    """Real snmpd replaying `recording` on a free loopback port; stopped by PID afterwards."""
+    binary = require_binary("/usr/sbin/snmpd")
+    require_binary("snmpget")
+    port = free_port(socket.SOCK_DGRAM)
+    (root / "persist").mkdir()
+    passes = "".join(
+        f"pass_persist {tree} /usr/bin/python3 -u {PASS_HELPER} {recording}\n" for tree in SUBTREES
+    )
+    conf = root / "snmpd.conf"
+    conf.write_text(
+        f"agentAddress udp:127.0.0.1:{port}\nrocommunity public 127.0.0.1\n{passes}master off\n"
+    )
+    proc = Proc(
+        [binary, "-f", "-C", "-c", str(conf), "-I", "-smux", "-m", "", "-Lo"],
+        root / "snmpd.log",
+        cwd=root,
+        env={"SNMP_PERSISTENT_DIR": str(root / "persist"), "MIBS": ""},
+    )
+
+    def answers() -> bool:
+        out = subprocess.run(
+            [*SNMPGET, f"127.0.0.1:{port}", ".1.3.6.1.2.1.1.5.0"],
+            capture_output=True,
+            env=client_env(root),
+        )
+        return out.returncode == 0
+
+    try:
+        wait_until(answers, 10, "snmpd")
+        yield port
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def replay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    case = CASES / request.param
+    expected = yaml.safe_load((case / "expected.yaml").read_text())
+    with serve(case / "device.snmprec", tmp_path) as port:
+        yield port, expected
+
+
+def driver(port: int, profile: str) -> SnmpDriver:
+    cfg = SnmpDeviceConfig(
+        id="rec", driver="snmp", host="127.0.0.1", port=port, profile=profile, timeout=5.0
+    )
+    return SnmpDriver(cfg)
+
+
+def test_there_are_at_least_five_recordings_and_one_sends_sentinels() -> None:
+    assert len(NAMES) >= 5
+    unknowns = [yaml.safe_load((CASES / n / "expected.yaml").read_text())["unknown"] for n in NAMES]
+    assert any(unknowns)
+    for name in NAMES:
+        source = (CASES / name / "SOURCE.md").read_text()
+        assert "Licence" in source and "snmpsim-data" in source, name
+
+
+@pytest.mark.parametrize("replay", NAMES, indirect=True)
+async def test_recording_reads_as_its_mib_says(replay: tuple[int, dict[str, Any]]) -> None:
+    port, expected = replay
+    drv = driver(port, expected["profile"])
+    try:
+        sample = await drv.poll()
+    finally:
+        await drv.close()
+    want: dict[str, Any] = expected["metrics"]
+    assert sorted(sample.metrics) == sorted(want)
+    for name, value in want.items():
+        got = sample.metrics[name]
+        if isinstance(value, str) or isinstance(got, str):
+            assert got == value, name
+        else:
+            assert got == pytest.approx(value, abs=1e-6), name
+    assert sorted(sample.unknown) == expected["unknown"]
+    assert not set(sample.unknown) & set(sample.metrics)
+    assert list(sample.status) == expected["status"]
+
+
+@pytest.mark.parametrize("replay", ["huawei-ups5000"], indirect=True)
+async def test_an_unknown_is_logged_once_per_metric_not_per_poll(
+    replay: tuple[int, dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    port, expected = replay
+    drv = driver(port, expected["profile"])
+    caplog.set_level(logging.WARNING, logger="facility_agent.unknown")
+    try:
+        for _ in range(3):
+            sample = await drv.poll()
+            assert "battery.runtime" in sample.unknown
+    finally:
+        await drv.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "facility_agent.unknown"]
+    assert len(lines) == len(expected["unknown"]) == 2
+    assert any("battery.runtime: -1 is outside the valid range 1..2147483647" in x for x in lines)
