@@ -230,8 +230,9 @@ class Journal:
 
     def learned_duration(self, kind: str = "shutdown", last: int = 5) -> float | None:
         """The median duration of the last completed runs (drills included): what the plan
-        really takes here, rather than what someone guessed when writing the site file."""
-        self._caught_up()
+        really takes here, rather than what someone guessed when writing the site file.
+        Completed runs only, whose end the engine awaits: no need to wait for queued writes
+        (this is read as a plan starts, right after its `start_run`)."""
         rows = self._db.execute(
             "SELECT ended - started FROM runs WHERE kind = ? AND state = 'completed'"
             " AND ended IS NOT NULL ORDER BY id DESC LIMIT ?",
