@@ -408,3 +408,18 @@ async def test_back_as_soon_as_the_broker_is(
     assert took <= 3.0
     seen = list(dict.fromkeys(m["id"] for m in decoded(got, f"{P}/events")))
     assert seen == ids  # none lost, in order
+
+
+async def test_a_broker_that_refuses_us_still_gets_the_doubling_backoff(
+    mosquitto_auth_broker: Broker, make_sink: MakeSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a broker whose port accepts nothing is retried every second: one that answers
+    'not authorised' gets 0.5, 1, 2, 4 ... s between attempts (each one logged at debug)."""
+    caplog.set_level(logging.DEBUG, logger="facility_agent")
+    broker = mosquitto_auth_broker
+    sink = make_sink(broker, username=AGENT[0], password="no", reconnect_min=0.5, reconnect_max=30)
+    await sink.start()
+    await asyncio.sleep(8.0)
+    attempts = sum("refused the connection" in r.getMessage() for r in caplog.records)
+    print(f"refused for 8 s: {attempts} attempts")
+    assert 2 <= attempts <= 6  # 0.5 + 1 + 2 + 4 s: about 5; every second would be 8 or more
