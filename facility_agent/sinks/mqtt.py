@@ -5,8 +5,9 @@ That backoff is right for a broker that accepts the TCP connection and then refu
 us, but wrong for one that is simply down: doubled to `reconnect_max` (30 s), the next try fell
 up to 30 s after the broker was back. So when a connection attempt fails, the sink probes the
 port itself; if nothing listens there (the broker is down, not refusing us), the backoff is reset
-and paho tries again within `min(reconnect_min, 1 s)`: one cheap refused SYN a second while the
-broker is away, and delivery within about a second of its return, after an outage of any length.
+and paho tries again within `min(reconnect_min, 1 s)`: two refused SYNs a second (the attempt and
+the probe) while the broker is away, and delivery within about a second of its return, after an
+outage of any length.
 On top of it this sink keeps its own ordered in-memory queue so that nothing published while the
 broker is away is lost (up to `queue_limit`, oldest dropped first) and everything is re-sent in
 order after a reconnect.
