@@ -8,4 +8,5 @@ PY=${PYTHON:-.venv/bin/python}
 "$PY" bench/poll_capacity.py
 "$PY" bench/outbox_bench.py       # ~4 min; writes its own section of docs/benchmarks.md
 "$PY" bench/policy_decision.py    # ~1 min; writes its own section of docs/benchmarks.md
+"$PY" bench/journal_stall.py      # ~1 min; writes its own section of docs/benchmarks.md
 "$PY" bench/write_docs.py

@@ -39,8 +39,9 @@ class DeviceConfig(BaseModel):
     #: Random offset of the first poll, as a fraction of the interval, so devices do not all
     #: poll in the same instant.
     jitter: float = Field(default=0.1, ge=0.0, le=1.0)
-    #: Upper bound of the exponential back-off between retries while a device is lost.
-    backoff_max: Duration = 60.0
+    #: Upper bound of the exponential back-off between retries while a device is lost: also
+    #: how late a device that comes back can be seen (at most this x 1.1, plus one poll).
+    backoff_max: Duration = 5.0
     #: Poll interval while the device is degraded (on battery, lost ...); NUT's POLLFREQALERT.
     alert_interval: Duration | None = None
     #: Whether device actions (commands, SET VAR ...) may be sent to it.

@@ -252,3 +252,34 @@ def test_prometheus_listens_on_loopback_by_default() -> None:
     assert (cfg.host, cfg.port) == ("127.0.0.1", 9847)
     with pytest.raises(ValueError, match="HOST:PORT"):
         PrometheusConfig(listen="9847")
+
+
+async def test_back_as_soon_as_the_database_is(
+    tmp_path: Path, make_influx: Callable[..., InfluxSink]
+) -> None:
+    """With the default backoff (1 s doubled up to 60 s), what was queued while the database
+    was away is written within seconds of its return (the port is probed between retries)."""
+    root = tmp_path / "vm"
+    root.mkdir()
+    vm = Victoria(root, free_port())
+    await asyncio.to_thread(vm.start)
+    sink = make_influx(vm.url, retry_min=1, retry_max=60)
+    await sink.start()
+    try:
+        sink.publish_state(state("ups-c", 0))
+        await until(lambda: sink.stats()["sent"] == 1, 10, "the first write")
+        await asyncio.to_thread(vm.stop)
+        for n in range(1, 21):
+            sink.publish_state(state("ups-c", n))
+            await asyncio.sleep(1.0)
+        assert sink.stats()["failed"] >= 3  # it did retry, with backoff, meanwhile
+        await asyncio.to_thread(vm.start)  # returns once /health answers
+        back = time.monotonic()
+        await until(lambda: sink.stats()["sent"] == 21, 60, "the backlog written")
+        took = time.monotonic() - back
+        print(f"database down 20 s: backlog written {took:.2f} s after its return")
+        assert took <= 3.0
+        series = await asyncio.to_thread(vm.export, 'facility_battery_charge{device="ups-c"}')
+        assert series[0]["values"] == [float(100 - n) for n in range(21)]  # all, in order
+    finally:
+        vm.stop()

@@ -363,3 +363,63 @@ async def test_a_broker_talking_nonsense_is_logged_and_survived(
     assert await sink.wait_idle(10), sink.stats()
     got = await asyncio.to_thread(retained, broker, f"{P}/ups-a/state")
     assert got is not None and orjson.loads(got.payload)["metrics"]["seq"] == 3
+
+
+def quick_to_resubscribe(col: Collector) -> Collector:
+    """The watcher itself must not be what is late: it retries every 0.1 s."""
+    col.client.reconnect_delay_set(0.1, 0.1)  # type: ignore[arg-type]
+    return col
+
+
+@pytest.mark.parametrize("outage", [5.0, 20.0])
+async def test_back_as_soon_as_the_broker_is(
+    outage: float,
+    mosquitto_factory: Callable[..., Broker],
+    make_sink: MakeSink,
+    mqtt_subscribe: Callable[..., Collector],
+) -> None:
+    """With the default backoff (0.5 s doubled up to 30 s), events raised while the broker is
+    down arrive within seconds of its return, however long it was away (the 120 s case is
+    tests/test_outbox_outage.py)."""
+    broker = mosquitto_factory(persistent=True)
+    col = quick_to_resubscribe(
+        mqtt_subscribe(broker, f"{P}/events", client_id=f"back-{outage:g}", persistent=True)
+    )
+    sink = make_sink(broker, reconnect_min=0.5, reconnect_max=30)
+    await sink.start()
+    await until(lambda: sink.connected, 5, "connected")
+    await asyncio.to_thread(broker.stop)
+    await until(lambda: not sink.connected, 5, "disconnect noticed")
+    ids: list[str] = []
+    for n in range(10):
+        ev = event(n)
+        sink.publish_event(ev)
+        ids.append(ev.id)
+        await asyncio.sleep(outage / 10)
+    await asyncio.to_thread(broker.start)  # returns once the port accepts connections
+    back = time.monotonic()
+
+    def arrived(got: list[Received]) -> bool:
+        return set(ids) <= {m["id"] for m in decoded(got, f"{P}/events")}
+
+    got = await asyncio.to_thread(col.wait_for, arrived, 40, "the events of the outage")
+    took = time.monotonic() - back
+    print(f"broker down {outage:g} s: queued events delivered {took:.2f} s after its return")
+    assert took <= 3.0
+    seen = list(dict.fromkeys(m["id"] for m in decoded(got, f"{P}/events")))
+    assert seen == ids  # none lost, in order
+
+
+async def test_a_broker_that_refuses_us_still_gets_the_doubling_backoff(
+    mosquitto_auth_broker: Broker, make_sink: MakeSink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a broker whose port accepts nothing is retried every second: one that answers
+    'not authorised' gets 0.5, 1, 2, 4 ... s between attempts (each one logged at debug)."""
+    caplog.set_level(logging.DEBUG, logger="facility_agent")
+    broker = mosquitto_auth_broker
+    sink = make_sink(broker, username=AGENT[0], password="no", reconnect_min=0.5, reconnect_max=30)
+    await sink.start()
+    await asyncio.sleep(8.0)
+    attempts = sum("refused the connection" in r.getMessage() for r in caplog.records)
+    print(f"refused for 8 s: {attempts} attempts")
+    assert 2 <= attempts <= 6  # 0.5 + 1 + 2 + 4 s: about 5; every second would be 8 or more

@@ -267,3 +267,24 @@ async def test_matrix_alert_read_back_and_ack_stops_repeats(
     await until(lambda: any("1 firing" in b for b in from_bot()), 20, "the status reply")
     sink.publish_event(ev("ups-a", "power.on_line", Severity.INFO, "ups-a is back on line"))
     await until(lambda: any("✅ ups-a is back on line" in b for b in from_bot()), 20, "resolved")
+
+
+async def test_back_as_soon_as_the_mail_server_is(
+    smtp_server: Mailbox, make_notify: Callable[..., NotifySink]
+) -> None:
+    """With the default backoff (2 s doubled up to 300 s), an alert raised while the mail
+    server was down goes out within seconds of its return, not at the next doubled retry."""
+    port = smtp_server.port
+    smtp_server.stop()
+    sink = make_notify(mail_route(port, retry_min=2, retry_max=300))
+    await sink.start()
+    sink.publish_event(ev("ups-a", "power.on_battery", msg="ups-a is on battery"))
+    await asyncio.sleep(20.0)  # retries about 2, 4 and 8 s apart; the next one 16 s later
+    assert sink.stats()["failed"] >= 3
+    smtp_server.start()
+    back = time.monotonic()
+    await until(lambda: len(smtp_server.snapshot()) >= 1, 40, "the late mail")
+    took = time.monotonic() - back
+    print(f"mail server down 20 s: alert delivered {took:.2f} s after its return")
+    assert took <= 3.0
+    assert "ups-a is on battery" in mail_text(smtp_server.snapshot()[0])

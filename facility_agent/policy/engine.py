@@ -533,7 +533,7 @@ class PolicyEngine:
         except asyncio.CancelledError:
             if self._stopping:
                 raise  # the journal keeps it running: the next start resumes it
-            self.journal.end_run(run_id, "cancelled")
+            await self.journal.durable(self.journal.end_run(run_id, "cancelled"))
             self._emit(
                 sd.group,
                 "shutdown.cancelled",
@@ -546,7 +546,7 @@ class PolicyEngine:
             return
         except Exception as exc:
             log.exception("the shutdown plan failed")
-            self.journal.end_run(run_id, "failed")
+            await self.journal.durable(self.journal.end_run(run_id, "failed"))
             self._emit(
                 sd.group,
                 "shutdown.failed",
@@ -557,7 +557,7 @@ class PolicyEngine:
             self._plan_ended()
             return
         took = self.clock() - started
-        self.journal.end_run(run_id, "completed" if ok else "failed")
+        await self.journal.durable(self.journal.end_run(run_id, "completed" if ok else "failed"))
         if ok:
             self._emit(
                 sd.group,
@@ -689,7 +689,7 @@ class PolicyEngine:
             self.recovery_task = None
             self.site_down = False
         took = self.clock() - started
-        self.journal.end_run(run_id, "completed" if ok else "failed")
+        await self.journal.durable(self.journal.end_run(run_id, "completed" if ok else "failed"))
         if error is not None:
             self._emit(
                 self.site,

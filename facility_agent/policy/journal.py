@@ -3,15 +3,32 @@
 A step is marked `started` before it runs and `done`/`failed` after, each in its own committed
 transaction, so an agent killed at any instant knows on restart exactly which steps are behind
 it, which one was in the middle, and which are still to come.
+
+Every write is durable (synchronous=FULL: an fsync per commit), and an fsync can take hundreds of
+milliseconds on a busy or failing disk: so writes run on the journal's own writer thread, one at
+a time and in the order they were made, never on the event loop. A write returns a future; the
+plan runner awaits the `started` mark (`await journal.durable(...)`) before the step runs, so the
+rule above holds, while polling and publishing go on meanwhile. Run ids are handed out at once
+(this process is the journal's only writer). Reads use a second connection on the caller's
+thread: WAL readers never wait for a writer's fsync; a read made while writes are still queued
+first waits for them, so a reader always sees what was written before. Without a running event
+loop (tools, tests) each write waits for itself, as a plain call would.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 import statistics
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -68,45 +85,113 @@ class StepRecord:
 class Journal:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="journal-writer")
+        self._wdb: sqlite3.Connection | None = None
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._writer.submit(self._open_writer).result()  # once, at start: schema and WAL
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        (self._last_run,) = self._db.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(id) FROM runs), 0),"
+            " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'runs'), 0))"
+        ).fetchone()
+
+    def _open_writer(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
         # FULL: a step journaled as done must still be done after a power cut of the box.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        self._wdb = db
 
     def close(self) -> None:
-        self._db.close()
+        """Waits for the writes still queued (at shutdown), then closes both connections."""
+        self._db.close()  # the reader first: the writer's close checkpoints, on its own thread
+        self._writer.submit(self._close_writer).result()
+        self._writer.shutdown(wait=True)
+
+    def _close_writer(self) -> None:
+        if self._wdb is not None:
+            self._wdb.close()
+            self._wdb = None
+
+    # -- writes (on the writer thread, in order) -------------------------------------------
+
+    @staticmethod
+    async def durable(write: Future[None]) -> None:
+        """Wait until `write` is committed (and fsynced). A cancelled waiter does not cancel
+        the write: once asked for, it is made."""
+        await asyncio.shield(asyncio.wrap_future(write))
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> Future[None]:
+        with self._lock:
+            self._pending += 1
+            self._idle.clear()
+        fut = self._writer.submit(self._execute, sql, args)
+        fut.add_done_callback(self._written)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            fut.result()  # no event loop to keep free: behave as a plain call
+        return fut
+
+    def _execute(self, sql: str, args: tuple[Any, ...]) -> None:
+        assert self._wdb is not None, "the journal is closed"
+        self._wdb.execute(sql, args)
+
+    def _written(self, fut: Future[None]) -> None:
+        with self._lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.set()
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("writing the plan journal %s failed: %s", self.path, fut.exception())
+
+    def _caught_up(self) -> None:
+        """Before a read: what was written before it is visible (rarely waits: see above)."""
+        if not self._idle.is_set():
+            self._idle.wait()
 
     def start_run(self, kind: str, reason: str, *, drill: bool = False) -> int:
-        cur = self._db.execute(
-            "INSERT INTO runs (kind, state, reason, drill, started) VALUES (?, 'running', ?, ?, ?)",
-            (kind, reason, int(drill), time.time()),
+        self._last_run += 1
+        run_id = int(self._last_run)
+        self._write(
+            "INSERT INTO runs (id, kind, state, reason, drill, started)"
+            " VALUES (?, ?, 'running', ?, ?, ?)",
+            (run_id, kind, reason, int(drill), time.time()),
         )
-        return int(cur.lastrowid or 0)
+        return run_id
 
-    def end_run(self, run_id: int, state: str) -> None:
-        self._db.execute(
+    def end_run(self, run_id: int, state: str) -> Future[None]:
+        return self._write(
             "UPDATE runs SET state = ?, ended = ? WHERE id = ?", (state, time.time(), run_id)
         )
 
-    def reach_stage(self, run_id: int, stage: int) -> None:
-        self._db.execute("UPDATE runs SET stage = MAX(stage, ?) WHERE id = ?", (stage, run_id))
+    def reach_stage(self, run_id: int, stage: int) -> Future[None]:
+        return self._write("UPDATE runs SET stage = MAX(stage, ?) WHERE id = ?", (stage, run_id))
 
-    def step_started(self, run_id: int, stage: int, step: int, label: str) -> None:
-        self._db.execute(
+    def step_started(self, run_id: int, stage: int, step: int, label: str) -> Future[None]:
+        return self._write(
             "INSERT OR REPLACE INTO steps (run_id, stage, step, label, state, started)"
             " VALUES (?, ?, ?, ?, 'started', ?)",
             (run_id, stage, step, label, time.time()),
         )
 
-    def step_ended(self, run_id: int, stage: int, step: int, state: str, detail: str) -> None:
-        self._db.execute(
+    def step_ended(
+        self, run_id: int, stage: int, step: int, state: str, detail: str
+    ) -> Future[None]:
+        return self._write(
             "UPDATE steps SET state = ?, ended = ?, detail = ? WHERE run_id = ? AND stage = ?"
             " AND step = ?",
             (state, time.time(), detail[:2000], run_id, stage, step),
         )
 
+    # -- reads (on the caller's thread, own connection) ------------------------------------
+
     def unfinished(self, kind: str) -> RunRecord | None:
+        self._caught_up()
         row = self._db.execute(
             "SELECT id, kind, state, reason, drill, started, ended, stage FROM runs"
             " WHERE kind = ? AND state = 'running' ORDER BY id DESC LIMIT 1",
@@ -115,6 +200,7 @@ class Journal:
         return _run(row) if row else None
 
     def last_run(self, kind: str | None = None) -> RunRecord | None:
+        self._caught_up()
         sql = "SELECT id, kind, state, reason, drill, started, ended, stage FROM runs"
         args: tuple[str, ...] = ()
         if kind:
@@ -124,6 +210,7 @@ class Journal:
         return _run(row) if row else None
 
     def runs(self, kind: str | None = None, limit: int = 20) -> list[RunRecord]:
+        self._caught_up()
         sql = "SELECT id, kind, state, reason, drill, started, ended, stage FROM runs"
         args: tuple[str | int, ...] = ()
         if kind:
@@ -133,6 +220,7 @@ class Journal:
         return [_run(r) for r in rows]
 
     def steps(self, run_id: int) -> list[StepRecord]:
+        self._caught_up()
         rows = self._db.execute(
             "SELECT stage, step, label, state, started, ended, detail FROM steps"
             " WHERE run_id = ? ORDER BY started, stage, step",
@@ -142,7 +230,9 @@ class Journal:
 
     def learned_duration(self, kind: str = "shutdown", last: int = 5) -> float | None:
         """The median duration of the last completed runs (drills included): what the plan
-        really takes here, rather than what someone guessed when writing the site file."""
+        really takes here, rather than what someone guessed when writing the site file.
+        Completed runs only, whose end the engine awaits: no need to wait for queued writes
+        (this is read as a plan starts, right after its `start_run`)."""
         rows = self._db.execute(
             "SELECT ended - started FROM runs WHERE kind = ? AND state = 'completed'"
             " AND ended IS NOT NULL ORDER BY id DESC LIMIT ?",

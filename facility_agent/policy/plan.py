@@ -118,7 +118,7 @@ class PlanRunner:
                 continue
             self.stage = si
             self.no_return_reached = self.no_return_reached or stage.no_return
-            self.journal.reach_stage(self.run_id, si)
+            await self.journal.durable(self.journal.reach_stage(self.run_id, si))
             results = await asyncio.gather(
                 *(
                     self._step(si, ti, step, done.get((si, ti)))
@@ -136,12 +136,14 @@ class PlanRunner:
             return before == "done" or step.on_failure == "continue"
         if before == "interrupted" or (before == "started" and not step.rerun_on_resume):
             if before == "started":
-                self.journal.step_ended(
-                    self.run_id,
-                    si,
-                    ti,
-                    "interrupted",
-                    "the agent stopped while this step ran; not run again",
+                await self.journal.durable(
+                    self.journal.step_ended(
+                        self.run_id,
+                        si,
+                        ti,
+                        "interrupted",
+                        "the agent stopped while this step ran; not run again",
+                    )
                 )
             self._tell(
                 StepOutcome(
@@ -155,14 +157,18 @@ class PlanRunner:
                 )
             )
             return True
-        self.journal.step_started(self.run_id, si, ti, step.label)
+        # Durably `started` before it runs; on the journal's thread, so the loop goes on.
+        await self.journal.durable(self.journal.step_started(self.run_id, si, ti, step.label))
         started = time.monotonic()
         try:
             ok, detail = await self.execute(step, self.ctx)
         except asyncio.CancelledError:
+            # Queued, in order, not awaited: the cancellation goes on at once.
             self.journal.step_ended(self.run_id, si, ti, "interrupted", "plan cancelled")
             raise
-        self.journal.step_ended(self.run_id, si, ti, "done" if ok else "failed", detail)
+        await self.journal.durable(
+            self.journal.step_ended(self.run_id, si, ti, "done" if ok else "failed", detail)
+        )
         self._tell(StepOutcome(si, ti, step.label, ok, detail, time.monotonic() - started))
         return ok or step.on_failure == "continue"
 

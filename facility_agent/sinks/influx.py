@@ -20,7 +20,9 @@ One type per field, forever, so that no write ever conflicts with an earlier one
 Answers: 2xx -> acknowledged; 400/422 -> the batch is split in halves until the bad line is
 alone, which is set aside (kept in the outbox's `set_aside` table, counted, logged) while the
 rest flows; 401/403 -> logged as a configuration problem, retried (nothing is dropped);
-413 -> split; anything else, or no answer -> retried with exponential backoff.
+413 -> split; anything else, or no answer -> retried with exponential backoff; while the server's
+port accepts no connection it is probed every second and written to as soon as it does
+(comeback.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from ..model import DeviceState, Event
 from ..outbox import Channel, Outbox, Row
 from ..output_config import InfluxConfig, redact_url
 from ..supervise import Supervisor
+from .comeback import retry_wait, url_target
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,8 @@ class InfluxSink:
         self._failing_since: float | None = None
         self.connected = False
         self.supervisor = Supervisor()
+        #: Probed between retries, so that a server back from an outage is written to at once.
+        self._target = url_target(config.url)
 
     async def start(self) -> None:
         if self._task is not None:
@@ -199,8 +204,10 @@ class InfluxSink:
             except Exception as exc:
                 self._counts["retries"] += 1
                 self._note_failure(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max)
+                if await retry_wait(delay, self._target):
+                    delay = self.config.retry_min  # the server is back: a fresh start
+                else:
+                    delay = min(delay * 2, self.config.retry_max)
                 continue
             delay = self.config.retry_min
             self._note_success()

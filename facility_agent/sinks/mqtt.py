@@ -1,7 +1,14 @@
 """The MQTT output: `P/agent/status`, `P/{device}/state` and `P/events`, as CONTRACT.md promises.
 
-paho-mqtt runs its own network thread (`loop_start`) and reconnects with exponential backoff. On
-top of it this sink keeps its own ordered in-memory queue so that nothing published while the
+paho-mqtt runs its own network thread (`loop_start`) and reconnects with exponential backoff.
+That backoff is right for a broker that accepts the TCP connection and then refuses or drops
+us, but wrong for one that is simply down: doubled to `reconnect_max` (30 s), the next try fell
+up to 30 s after the broker was back. So when a connection attempt fails, the sink probes the
+port itself; if nothing listens there (the broker is down, not refusing us), the backoff is reset
+and paho tries again within `min(reconnect_min, 1 s)`: two refused SYNs a second (the attempt and
+the probe) while the broker is away, and delivery within about a second of its return, after an
+outage of any length.
+On top of it this sink keeps its own ordered in-memory queue so that nothing published while the
 broker is away is lost (up to `queue_limit`, oldest dropped first) and everything is re-sent in
 order after a reconnect.
 
@@ -60,6 +67,7 @@ from ..config import MqttConfig
 from ..model import DeviceState, Event
 from ..outbox import Channel, Outbox, Row
 from ..supervise import Supervisor
+from .comeback import port_open
 from .homeassistant import discovery_messages
 
 log = logging.getLogger(__name__)
@@ -75,6 +83,10 @@ MAX_IN_FLIGHT = 32
 
 #: How long a clean stop waits for the broker to acknowledge `offline` at most.
 OFFLINE_ACK_WAIT = 2.0
+
+#: Longest wait between two connection attempts while the broker's port accepts nothing: the
+#: bound on how late the sink notices a broker that is back.
+DOWN_RETRY_MAX = 1.0
 
 
 class MqttSinkError(Exception):
@@ -498,7 +510,12 @@ class MqttSink:
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         level = logging.DEBUG if self._outage_logged else logging.WARNING
         self._outage_logged = True
-        log.log(level, "cannot reach MQTT broker %s; retrying with backoff", self._where)
+        log.log(level, "cannot reach MQTT broker %s; retrying", self._where)
+        # On paho's thread, which would only sleep now: a blocking probe costs nothing here.
+        if not port_open(self.config.host, self.config.port, DOWN_RETRY_MAX):
+            # Down, not refusing us: no doubling, try again soon (see the module docstring).
+            fast = min(self.config.reconnect_min, DOWN_RETRY_MAX)
+            client.reconnect_delay_set(fast, self.config.reconnect_max)
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason_code: ReasonCode, properties: Any

@@ -4,9 +4,10 @@ through the outbox, with acknowledgement from Matrix.
 The way of an event: `AlertRoute` (alerting.py) decides what to say and when; the rendered
 message is stored in the outbox under `notify:{route}`; one delivery task per route sends it with
 apprise in a worker thread (apprise is synchronous), retrying with backoff while the service
-rejects it or times out, and only then deletes it. A message that arrives later than
-`delayed_after` says so at the top, with the time it was raised. Polling never waits on any of
-this: the agent only calls `publish_event`, which stores and returns.
+rejects it or times out (while its host's port accepts no connection, probing it every second
+and sending as soon as it does: comeback.py), and only then deletes it. A message that arrives
+later than `delayed_after` says so at the top, with the time it was raised. Polling never waits
+on any of this: the agent only calls `publish_event`, which stores and returns.
 
 Matrix commands (routes with `allow_commands`): a small client logs in as the bot of the route's
 `matrix://` URL, joins the room and long-polls `/sync`; `!ack ID`, `!status` and
@@ -35,6 +36,7 @@ from ..output_config import NotifyRoute, redact_url
 from ..supervise import Supervisor
 from ..units import parse_duration
 from .alerting import AlertRoute, Message, hhmm, human_duration
+from .comeback import retry_wait, url_target
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class _Route:
         self.name = name
         self.url = config.url.get_secret_value()
         self.where = redact_url(self.url)
+        #: Probed between retries, so that a service back from an outage gets the queue at once.
+        self.target = url_target(self.url)
         self.alerts = AlertRoute(config, name, sink.site, sink.feeds)
         self.rows: list[Row] = []
         self.more = asyncio.Event()
@@ -125,8 +129,11 @@ class _Route:
                         self.where,
                         len(self.rows),
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.config.retry_max)
+                if await retry_wait(delay, self.target):
+                    delay = self.config.retry_min  # the service is back: a fresh start
+                    await loop.run_in_executor(self.executor, self._forget_failed_tries)
+                else:
+                    delay = min(delay * 2, self.config.retry_max)
                 continue
             delay = self.config.retry_min
             if self.failing_since is not None:
@@ -151,6 +158,13 @@ class _Route:
             row.seq,
             type(exc).__name__,
         )
+
+    def _forget_failed_tries(self) -> None:
+        """apprise spaces two requests to a service 5.5 s apart, counting tries that reached
+        nobody: forgotten, so that a service back from an outage gets the message at once."""
+        for service in self.apprise:
+            with contextlib.suppress(AttributeError):
+                service._last_io_datetime = None  # apprise 2.x: the start of its throttle
 
     def _send(self, title: str, body: str, notify_type: apprise.NotifyType) -> bool:
         """In the route's own thread, so one slow service never holds up another."""
