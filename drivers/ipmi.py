@@ -478,7 +478,8 @@ class IpmiDriver(Driver):
             if wait <= 0:
                 raise DeviceTimeout(f"{self.where}: still busy with an earlier request ({doing})")
             try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(busy)), wait)
+                async with asyncio.timeout(wait):
+                    await asyncio.shield(asyncio.wrap_future(busy))
             except TimeoutError:
                 raise DeviceTimeout(
                     f"{self.where}: still busy with an earlier request after {wait:g} s ({doing})"
@@ -511,7 +512,8 @@ class IpmiDriver(Driver):
         try:
             # The thread itself gives up at `limit` (every wait in it is bounded); this is the
             # backstop should it still be running CPU-bound code.
-            return await asyncio.wait_for(asyncio.wrap_future(fut), limit + CALL_MARGIN)
+            async with asyncio.timeout(limit + CALL_MARGIN):
+                return await asyncio.wrap_future(fut)
         except TimeoutError:
             fut.add_done_callback(lambda _f: bmc.forget())
             raise DeviceTimeout(f"{self.where}: no answer within {limit:g} s ({doing})") from None
@@ -644,5 +646,6 @@ class IpmiDriver(Driver):
                     _CALL.deadline = None
 
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.wrap_future(self._pool.submit(logout)), 3.0)
+                async with asyncio.timeout(3.0):
+                    await asyncio.wrap_future(self._pool.submit(logout))
         self._pool.shutdown(wait=False, cancel_futures=True)

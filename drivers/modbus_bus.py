@@ -179,7 +179,8 @@ class ModbusLink:
         client = self._new_client()
         self._watch(client)
         try:
-            ok = await asyncio.wait_for(client.connect(), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                ok = await client.connect()
         except (TimeoutError, OSError, ModbusException) as exc:
             client.close()
             raise DeviceError(f"cannot open {self.where}: {exc}") from None

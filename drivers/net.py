@@ -75,7 +75,8 @@ async def tcp_reachable(
     """Round-trip time of a TCP connect in ms, or None."""
     started = time.monotonic()
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(host, port)
     except ConnectionRefusedError:
         return (time.monotonic() - started) * 1000 if refused_is_up else None
     except (OSError, TimeoutError):
@@ -132,7 +133,8 @@ async def icmp_reachable(host: str, timeout: float) -> float | None:
         deadline = started + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
-                data, src = await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), left)
+                async with asyncio.timeout(left):
+                    data, src = await loop.sock_recvfrom(sock, 2048)
             except TimeoutError:
                 return None
             if raw:

@@ -134,7 +134,8 @@ class FastClient(SnmpClient):
             try:
                 assert proto.transport is not None
                 proto.transport.sendto(data)
-                return await asyncio.wait_for(fut, self.timeout)
+                async with asyncio.timeout(self.timeout):
+                    return await fut
             except TimeoutError:
                 continue
             except ConnectionRefusedError:

@@ -144,7 +144,8 @@ class Agent:
         self._tasks.clear()
         for device, driver in self.drivers.items():
             try:
-                await asyncio.wait_for(driver.close(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await driver.close()
             except Exception as exc:
                 log.warning("closing %s failed: %s", device, exc)
         for sink in self.sinks:

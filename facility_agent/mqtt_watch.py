@@ -55,7 +55,8 @@ class MqttWatcher:
         self._loop = asyncio.get_running_loop()
         self._client.connect_async(self._host, self._port, keepalive=30)
         self._client.loop_start()
-        await asyncio.wait_for(self._subscribed.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._subscribed.wait()
 
     async def stop(self) -> None:
         self._client.disconnect()

@@ -301,7 +301,8 @@ class Outbox:
                 return False
             self._flushed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._flushed.wait(), min(left, 0.5))
+                async with asyncio.timeout(min(left, 0.5)):
+                    await self._flushed.wait()
         return True
 
     def stats(self) -> dict[str, Any]:

@@ -95,7 +95,8 @@ class DevicePoller:
         try:
             # A little grace past the driver's own deadline, so that a driver which times out
             # by itself can say more (which server, which request) than this generic backstop.
-            sample = await asyncio.wait_for(self.driver.poll(), timeout * 1.1 + 0.1)
+            async with asyncio.timeout(timeout * 1.1 + 0.1):
+                sample = await self.driver.poll()
         except TimeoutError:
             return self._failed(DeviceTimeout(f"no answer within {timeout:g} s"))
         except DeviceError as exc:
@@ -139,5 +140,6 @@ class DevicePoller:
             self._wake.clear()
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
         self._wake.clear()

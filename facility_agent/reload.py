@@ -146,7 +146,8 @@ class Reloader:
         driver = agent.drivers.pop(device, None)
         if driver is not None:
             try:
-                await asyncio.wait_for(driver.close(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await driver.close()
             except Exception as exc:
                 log.warning("closing %s failed: %s", device, exc)
         if forget:

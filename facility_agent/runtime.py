@@ -128,7 +128,8 @@ class Summary:
         last_plan: object = None
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.dirty.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self.dirty.wait()
             plan = self.plan()
             if self.dirty.is_set() or plan != last_plan or self._due():
                 self.dirty.clear()

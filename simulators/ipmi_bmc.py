@@ -471,7 +471,8 @@ class IpmiFace:
             servers[n] = {"port": self._wanted[n], "state": state}
         child.send({"host": self.host, "users": self.users, "servers": servers})
         assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 30.0)
+        async with asyncio.timeout(30.0):
+            line = await proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the BMC process {proc.pid} ended before it listened")
         ports: dict[str, int] = json.loads(line)["ports"]
@@ -535,7 +536,8 @@ class IpmiFace:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._acks[ack] = fut
         self._by_server[server].send({"faults": {server: asdict(faults)}, "id": ack})
-        await asyncio.wait_for(fut, 10.0)
+        async with asyncio.timeout(10.0):
+            await fut
 
     async def stop(self) -> None:
         if self._pump:
@@ -549,7 +551,8 @@ class IpmiFace:
                 stdin.close()  # the child's cue to close its sockets and exit
         for child in self._children:
             try:
-                await asyncio.wait_for(child.proc.wait(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await child.proc.wait()
             except TimeoutError:
                 child.proc.kill()
                 await child.proc.wait()

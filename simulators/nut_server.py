@@ -360,7 +360,8 @@ class NutServer:
         buffer = b""
         while not client.closing:
             try:
-                chunk = await asyncio.wait_for(reader.read(4096), self.idle_timeout)
+                async with asyncio.timeout(self.idle_timeout):
+                    chunk = await reader.read(4096)
             except TimeoutError:
                 self.stats.idle_disconnects += 1
                 return

@@ -111,13 +111,15 @@ async def run_hook(
     except OSError as exc:
         return HookResult(tuple(argv), None, time.monotonic() - started, False, "", str(exc))
     try:
-        out, _ = await asyncio.wait_for(proc.communicate(payload), timeout)
+        async with asyncio.timeout(timeout):
+            out, _ = await proc.communicate(payload)
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         out = b""
         with contextlib.suppress(Exception):
-            out, _ = await asyncio.wait_for(proc.communicate(), 2)
+            async with asyncio.timeout(2):
+                out, _ = await proc.communicate()
         return HookResult(
             tuple(argv), proc.returncode, time.monotonic() - started, True, _tail(out)
         )

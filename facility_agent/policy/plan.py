@@ -70,7 +70,8 @@ async def execute_step(
     if driver is None:
         return False, f"no device {step.device!r} in this agent"
     try:
-        outcome = await asyncio.wait_for(driver.run_action(name, dict(step.params)), step.timeout)
+        async with asyncio.timeout(step.timeout):
+            outcome = await driver.run_action(name, dict(step.params))
     except TimeoutError:
         return False, f"{step.device} {name}: no outcome within {step.timeout:g} s"
     except asyncio.CancelledError:

@@ -197,7 +197,8 @@ class InfluxSink:
             if len(self._rows) < self.config.batch_size:
                 # A partial batch waits a little for company, unless it is catching up.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full(), self.config.flush_interval)
+                    async with asyncio.timeout(self.config.flush_interval):
+                        await self._full()
             batch = self._rows[: self.config.batch_size]
             try:
                 await self._write_batch(batch)

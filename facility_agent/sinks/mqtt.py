@@ -205,7 +205,8 @@ class MqttSink:
             self._send(_Message(self.status_topic, b"offline", retain=True, control=True))
             wait = min(OFFLINE_ACK_WAIT, max(0.5, deadline - time.monotonic()))
             try:
-                await asyncio.wait_for(asyncio.shield(self._status_acked), wait)
+                async with asyncio.timeout(wait):
+                    await asyncio.shield(self._status_acked)
             except TimeoutError:
                 log.warning(
                     "MQTT broker %s did not acknowledge 'offline' in %.1f s", self._where, wait
@@ -250,7 +251,8 @@ class MqttSink:
     async def wait_idle(self, timeout: float) -> bool:
         """True once nothing is queued or in flight, False if `timeout` passes first."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
         except TimeoutError:
             return False
         return True
