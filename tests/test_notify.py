@@ -15,7 +15,7 @@ import pytest
 from facility_agent.model import Event, Severity
 from facility_agent.outbox import Outbox
 from facility_agent.output_config import NotifyRoute
-from facility_agent.sinks.alerting import AlertRoute, short_id
+from facility_agent.sinks.notify.alerting import AlertRoute, short_id
 from facility_agent.sinks.notify import NotifySink
 from tests.fixtures.outputs import Mailbox, Synapse, mail_text
 
