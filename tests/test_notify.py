@@ -15,8 +15,8 @@ import pytest
 from facility_agent.model import Event, Severity
 from facility_agent.outbox import Outbox
 from facility_agent.output_config import NotifyRoute
-from facility_agent.sinks.notify.alerting import AlertRoute, short_id
 from facility_agent.sinks.notify import NotifySink
+from facility_agent.sinks.notify.alerting import AlertRoute, short_id
 from tests.fixtures.outputs import Mailbox, Synapse, mail_text
 
 SITE = "lab1"
