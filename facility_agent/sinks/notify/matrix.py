@@ -152,10 +152,15 @@ class MatrixCommands:
             "access_token": self.client.access_token,
         }
         tmp = self.session_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(orjson.dumps(data))
-        os.replace(tmp, self.session_file)
+        try:
+            self.session_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(orjson.dumps(data))
+            os.replace(tmp, self.session_file)
+        except OSError as exc:
+            # Commands still work; the next start logs in again (as a new device).
+            log.warning("Matrix commands on %s: cannot keep the session: %s", self.where, exc)
 
     def _forget_token(self) -> None:
         """Keeps the device id (the next login asks for it again), drops the token."""
