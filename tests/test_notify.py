@@ -329,7 +329,7 @@ async def test_matrix_429_waits_the_retry_after_the_homeserver_names(
     synapse_slow_login: Synapse, make_notify: Callable[..., NotifySink], tmp_path: Path
 ) -> None:
     """The bot's one login of the burst is spent just before the agent starts: its login gets
-    one 429 with retry_after_ms (about 4 s), waits exactly that, and gets in on the next try."""
+    one 429 with retry_after_ms (up to 8 s), waits exactly that, and gets in on the next try."""
     server = synapse_slow_login
     server.register("bot", "botpw")
     alice = server.register("alice", "alicepw")
