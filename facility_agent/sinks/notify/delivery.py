@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import apprise
 import orjson
@@ -46,6 +47,7 @@ class DeliveryRoute:
         name: str,
         site: str,
         feeds: Mapping[str, Iterable[str]],
+        store: Path | None = None,
     ) -> None:
         self.outbox = outbox
         self.config = config
@@ -62,7 +64,7 @@ class DeliveryRoute:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"notify-{name}")
         self.counts = {"sent": 0, "failed": 0, "delayed": 0, "set_aside": 0}
         self.failing_since: float | None = None
-        self.apprise = apprise.Apprise(asset=apprise.AppriseAsset(storage_mode="memory"))
+        self.apprise = apprise.Apprise(asset=_asset(store))
         if not self.apprise.add(self.url):
             log.error("notify route %s: apprise does not understand the URL %s", name, self.where)
 
@@ -163,3 +165,17 @@ class DeliveryRoute:
     def _send(self, title: str, body: str, notify_type: apprise.NotifyType) -> bool:
         """In the route's own thread, so one slow service never holds up another."""
         return bool(self.apprise.notify(body=body, title=title, notify_type=notify_type))
+
+
+def _asset(store: Path | None) -> apprise.AppriseAsset:
+    """With a state directory, apprise keeps its logins there (a Matrix sender keeps its token
+    and device across restarts instead of logging in as a new device); the directory is 0700,
+    as it holds tokens. Without one, memory only."""
+    if store is None:
+        return apprise.AppriseAsset(storage_mode="memory")
+    try:
+        store.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("apprise keeps its logins in memory only: %s", exc)
+        return apprise.AppriseAsset(storage_mode="memory")
+    return apprise.AppriseAsset(storage_path=str(store), storage_mode="flush")

@@ -55,7 +55,8 @@ class NotifySink:
         self.routes: list[DeliveryRoute] = []
         for i, cfg in enumerate(routes):
             name = cfg.name or f"route-{i}"
-            self.routes.append(DeliveryRoute(outbox, cfg, name, site, self.feeds))
+            store = state_dir / "apprise" if state_dir is not None else None
+            self.routes.append(DeliveryRoute(outbox, cfg, name, site, self.feeds, store))
         self._ticker: asyncio.Task[None] | None = None
         self._listeners: list[MatrixCommands] = []
         self.supervisor = Supervisor()
