@@ -63,7 +63,11 @@ def build_outputs(config: SiteConfig) -> list[Sink]:
         from .sinks.notify import NotifySink
 
         feeds = feeds_from(config.topology)
-        sinks.append(NotifySink(config.notify, config.site, shared(), feeds=feeds))
+        sinks.append(
+            NotifySink(
+                config.notify, config.site, shared(), feeds=feeds, state_dir=config.state_path()
+            )
+        )
     if config.prometheus is not None:
         from .sinks.prometheus import PrometheusSink
 

@@ -4,8 +4,12 @@ TCP services, and ICMP echo to 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -140,3 +144,72 @@ async def test_uplink_lost_is_seen_and_costs_only_its_timeout(
     assert sample.metrics["uplink.local.status"] == "up"
     # Probed together: a black-holed path costs its own 0.5 s timeout, not the others'.
     assert asyncio.get_running_loop().time() - started < 3.0
+
+
+async def test_many_concurrent_echoes_take_only_their_own_replies(
+    far_host: tuple[str, str],
+) -> None:
+    """Forty echoes at once, half to loopback (answers) and half to a host whose kernel ignores
+    echo requests. Raw ICMP sockets all see every reply: only each echo's own identifier and
+    sequence keep a loopback reply from making a silent host look `up`."""
+    host, ns = far_host
+    quiet = ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1"]
+    await asyncio.to_thread(subprocess.run, quiet, check=True)
+    # The silent host's sockets first, so that they are open when the loopback replies come.
+    paths = [
+        {"name": f"far-{i}", "host": host, "method": "icmp", "timeout": 1.0} for i in range(20)
+    ]
+    paths += [{"name": f"lo-{i}", "host": "127.0.0.1", "method": "icmp"} for i in range(20)]
+    d = driver(paths=paths)
+    for _ in range(3):
+        m = (await d.poll()).metrics
+        assert all(m[f"uplink.lo-{i}.status"] == "up" for i in range(20)), m
+        assert all(m[f"uplink.far-{i}.status"] == "down" for i in range(20)), m
+
+
+SLOW_POLL = """
+import asyncio, json, os, sys, time
+from facility_agent.drivers.net import NetDeviceConfig, NetDriver
+paths = [
+    {"name": "ping", "host": "slow.facility-agent.test", "method": "icmp", "timeout": 1.0},
+    {"name": "web", "host": "slow.facility-agent.test", "port": 443, "timeout": 1.0},
+    {"name": "lo", "host": "127.0.0.1", "method": "icmp", "timeout": 1.0},
+]
+d = NetDriver(NetDeviceConfig.model_validate({"id": "box", "driver": "net", "paths": paths}))
+async def main() -> None:
+    began = time.monotonic()
+    metrics = (await d.poll()).metrics
+    print(json.dumps({"took": time.monotonic() - began, "metrics": metrics}), flush=True)
+    os._exit(0)  # the resolver thread is still waiting on the silent server: do not join it
+asyncio.run(main())
+"""
+
+
+def test_a_name_that_resolves_slowly_costs_only_the_timeout(tmp_path: Path) -> None:
+    """The resolver points at a DNS server that never answers (8 s per try), in a mount
+    namespace of the probing process only; both probes of that name are `down` after their
+    1 s timeout, and the loopback echo of the same poll is unaffected."""
+    unshare = require_binary("unshare")
+    dns = f"127.53.{os.getpid() % 250}.{os.getpid() % 199 + 1}"
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind((dns, 53))
+    try:
+        conf = tmp_path / "resolv.conf"
+        conf.write_text(f"nameserver {dns}\noptions timeout:8 attempts:1\n")
+        script = tmp_path / "poll.py"
+        script.write_text(SLOW_POLL)
+        shell = f"mount --bind {conf} /etc/resolv.conf && exec {sys.executable} {script}"
+        began = time.monotonic()
+        done = subprocess.run(
+            [unshare, "--mount", "sh", "-c", shell], capture_output=True, timeout=60
+        )
+        wall = time.monotonic() - began
+    finally:
+        silent.close()
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    got = json.loads(done.stdout)
+    m = got["metrics"]
+    assert m["uplink.ping.status"] == "down" and m["uplink.web.status"] == "down"
+    assert m["uplink.lo.status"] == "up"
+    print(f"poll with a hung resolver: {got['took']:.2f} s (process {wall:.2f} s)")
+    assert got["took"] < 4.0  # the resolver alone would take 8 s or more

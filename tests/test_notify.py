@@ -10,14 +10,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from facility_agent.model import Event, Severity
 from facility_agent.outbox import Outbox
 from facility_agent.output_config import NotifyRoute
-from facility_agent.sinks.alerting import AlertRoute, short_id
 from facility_agent.sinks.notify import NotifySink
-from tests.fixtures.outputs import Mailbox, Synapse, mail_text
+from facility_agent.sinks.notify.alerting import AlertRoute, short_id
+from facility_agent.sinks.notify.commands import interpret
+from tests.fixtures.outputs import Mailbox, Synapse, access_lines, mail_text
 
 SITE = "lab1"
 T0 = 1_800_000_000.0
@@ -130,6 +132,30 @@ def test_downstream_alerts_fold_into_the_ups_alert() -> None:
     assert "srv-01 psu.lost" in after.body
 
 
+def test_commands_need_an_allowed_sender_and_act_on_every_route() -> None:
+    here, there = AlertRoute(route(), "a", SITE), AlertRoute(route(), "b", SITE)
+    alert = ev("ups-a", "power.on_battery")
+    here.offer(alert, T0)
+    there.offer(alert, T0)
+    kw: dict[str, Any] = {
+        "allowed": ["@alice:x"],
+        "here": here,
+        "everywhere": [here, there],
+        "states": {},
+        "now": T0 + 1,
+    }
+    sid = short_id(alert.id)
+    assert interpret(f"!ack {sid}", "@bob:x", **kw) is None
+    assert interpret("hello", "@alice:x", **kw) is None
+    verb, reply = interpret(f"!ack {sid}", "@alice:x", **kw) or ("", "")
+    assert verb == "!ack" and "acknowledged by @alice:x" in reply
+    assert all(r.by_id[sid].acked_by == "@alice:x" for r in (here, there))
+    assert "Cannot silence" in (interpret("!silence ups-b soon", "@alice:x", **kw) or ("", ""))[1]
+    interpret("!silence ups-b 2h", "@alice:x", **kw)
+    assert here.silenced("ups-b", T0 + 3600) and there.silenced("ups-b", T0 + 3600)
+    assert (interpret("!what", "@alice:x", **kw) or ("", ""))[1].startswith("Commands:")
+
+
 # -- real delivery ---------------------------------------------------------------------------
 
 
@@ -137,9 +163,13 @@ def test_downstream_alerts_fold_into_the_ups_alert() -> None:
 async def make_notify(tmp_path: Path) -> AsyncIterator[Callable[..., NotifySink]]:
     sinks: list[NotifySink] = []
 
-    def make(*routes: NotifyRoute, feeds: dict[str, list[str]] | None = None) -> NotifySink:
+    def make(
+        *routes: NotifyRoute,
+        feeds: dict[str, list[str]] | None = None,
+        state_dir: Path | None = None,
+    ) -> NotifySink:
         box = Outbox(tmp_path / f"outbox-{len(sinks)}.sqlite")
-        sink = NotifySink(routes, SITE, box, feeds=feeds)
+        sink = NotifySink(routes, SITE, box, feeds=feeds, state_dir=state_dir)
         sinks.append(sink)
         return sink
 
@@ -288,3 +318,78 @@ async def test_back_as_soon_as_the_mail_server_is(
     print(f"mail server down 20 s: alert delivered {took:.2f} s after its return")
     assert took <= 3.0
     assert "ups-a is on battery" in mail_text(smtp_server.snapshot()[0])
+
+
+def matrix_route(synapse: Synapse, allowed: list[str]) -> NotifyRoute:
+    url = f"matrix://bot:botpw@127.0.0.1:{synapse.port}/#alerts"
+    return route(url=url, name="matrix", group_wait=0.2, allow_commands=allowed)
+
+
+async def test_matrix_429_waits_the_retry_after_the_homeserver_names(
+    synapse_slow_login: Synapse, make_notify: Callable[..., NotifySink], tmp_path: Path
+) -> None:
+    """The bot's one login of the burst is spent just before the agent starts: its login gets
+    one 429 with retry_after_ms (up to 8 s), waits exactly that, and gets in on the next try."""
+    server = synapse_slow_login
+    server.register("bot", "botpw")
+    alice = server.register("alice", "alicepw")
+    server.create_room(alice, "alerts", ["@bot:localhost"])
+    body = {"type": "m.login.password", "user": "bot", "password": "botpw"}
+    server.call("POST", "/_matrix/client/v3/login", json=body)  # the burst of one, spent
+    sink = make_notify(matrix_route(server, [alice.user_id]), state_dir=tmp_path / "state")
+    began = time.monotonic()
+    await sink.start()
+    listener = sink._listeners[0]
+    await asyncio.wait_for(listener.ready.wait(), 30)
+    took = time.monotonic() - began
+    print(f"login rate-limited: in after {took:.2f} s")
+    assert access_lines(server, "/_matrix/client/v3/login", 429) == 1
+    assert access_lines(server, "/_matrix/client/v3/login", 200) == 2
+    assert listener.logins == 1
+    assert took >= 2.0  # waited the server's retry_after, not a 1 s backoff of its own
+
+
+async def test_matrix_restart_and_relogin_keep_one_device(
+    synapse: Synapse,
+    make_notify: Callable[..., NotifySink],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restart reuses the stored token (no login at all); a revoked token means a password
+    login that asks for the same device id. The bot's account keeps exactly one device."""
+    from apprise.plugins.matrix import NotifyMatrix
+
+    monkeypatch.setattr(NotifyMatrix, "request_rate_per_sec", 0)
+    bot = synapse.register("bot", "botpw")
+    alice = synapse.register("alice", "alicepw")
+    synapse.create_room(alice, "alerts", [bot.user_id])
+    # The registration's own device, gone so that only the agent's is counted.
+    synapse.call("POST", "/_matrix/client/v3/logout", bot.token, json={})
+    state = tmp_path / "state"
+    state.mkdir()
+    session = state / "matrix-matrix.json"
+
+    async def run_once() -> tuple[int, str]:
+        sink = make_notify(matrix_route(synapse, [alice.user_id]), state_dir=state)
+        await sink.start()
+        listener = sink._listeners[0]
+        await asyncio.wait_for(listener.ready.wait(), 30)
+        sink.publish_event(ev("ups-a", "power.on_battery", at=time.time()))  # apprise logs in
+        await until(lambda: sink.stats()["sent"] >= 1, 20, "the alert")
+        await sink.stop(timeout=1)
+        return listener.logins, str(orjson.loads(session.read_bytes())["device_id"])
+
+    logins, device = await run_once()
+    assert logins == 1 and device
+    assert session.stat().st_mode & 0o777 == 0o600  # it holds an access token
+    assert await run_once() == (0, device)  # restart: the stored token, no login
+    stored = orjson.loads(session.read_bytes())
+    session.write_bytes(orjson.dumps({**stored, "access_token": "syt_revoked"}))
+    assert await run_once() == (1, device)  # re-login: the same device
+    token = orjson.loads(session.read_bytes())["access_token"]
+    devices = {
+        d["device_id"] for d in synapse.call("GET", "/_matrix/client/v3/devices", token)["devices"]
+    }
+    # The reader's device, and the one apprise's sender keeps in state/apprise: two, not six.
+    assert device in devices and len(devices) == 2, devices
+    assert (state / "apprise").stat().st_mode & 0o777 == 0o700

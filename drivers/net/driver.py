@@ -2,26 +2,23 @@
 upstream path answers (TCP connect, or ICMP echo where the box permits it).
 
 This is the network-redundancy source for a box without a managed switch to ask over SNMP.
-Each path is probed on its own deadline, all at once, so one black-holed gateway costs only
-its own timeout.
+Each path is probed on its own deadline (name lookup included: probe.py), all at once, so one
+black-holed gateway or hung resolver costs only its own timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import socket
-import struct
-import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from facility_agent.driver import DeviceConfig, DeviceError, Driver
+from facility_agent.driver import DeviceConfig, Driver
 from facility_agent.model import MetricValue, Sample, utcnow
 from facility_agent.units import Duration
+
+from .probe import icmp_reachable, tcp_reachable
 
 SYSFS_NET = "/sys/class/net"
 
@@ -67,87 +64,6 @@ def link_up(root: Path, name: str) -> bool | None:
         # Loopback and some tunnels report `unknown`: fall back on the carrier.
         return _read(base / "carrier") == "1"
     return False
-
-
-async def tcp_reachable(
-    host: str, port: int, timeout: float, refused_is_up: bool = True
-) -> float | None:
-    """Round-trip time of a TCP connect in ms, or None."""
-    started = time.monotonic()
-    try:
-        async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(host, port)
-    except ConnectionRefusedError:
-        return (time.monotonic() - started) * 1000 if refused_is_up else None
-    except (OSError, TimeoutError):
-        return None
-    writer.close()
-    with contextlib.suppress(Exception):
-        await writer.wait_closed()
-    return (time.monotonic() - started) * 1000
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
-class IcmpNotPermitted(DeviceError):
-    permanent = True
-
-
-def _icmp_socket() -> tuple[socket.socket, bool]:
-    """A raw ICMP socket (root, CAP_NET_RAW) or an unprivileged datagram one where
-    net.ipv4.ping_group_range allows it; (socket, is_raw)."""
-    try:
-        return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP), True
-    except PermissionError:
-        pass
-    try:
-        return socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP), False
-    except PermissionError:
-        raise IcmpNotPermitted(
-            "ICMP is not permitted here: run as root, grant CAP_NET_RAW, widen "
-            "net.ipv4.ping_group_range, or use method: tcp"
-        ) from None
-
-
-async def icmp_reachable(host: str, timeout: float) -> float | None:
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, None, family=socket.AF_INET)
-    address = infos[0][4][0]
-    sock, raw = _icmp_socket()
-    sock.setblocking(False)
-    ident = os.getpid() & 0xFFFF
-    seq = int(time.monotonic() * 1000) & 0xFFFF
-    payload = b"facility-agent"
-    header = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-    packet = struct.pack("!BBHHH", 8, 0, _checksum(header + payload), ident, seq) + payload
-    started = time.monotonic()
-    try:
-        await loop.sock_sendto(sock, packet, (address, 0))
-        deadline = started + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                async with asyncio.timeout(left):
-                    data, src = await loop.sock_recvfrom(sock, 2048)
-            except TimeoutError:
-                return None
-            if raw:
-                data = data[(data[0] & 0x0F) * 4 :]  # past the IP header
-            if len(data) < 8 or src[0] != address:
-                continue
-            kind, _, _, r_ident, r_seq = struct.unpack("!BBHHH", data[:8])
-            # A datagram ICMP socket rewrites the id to its port: match on seq only there.
-            if kind == 0 and r_seq == seq and (r_ident == ident or not raw):
-                return (time.monotonic() - started) * 1000
-        return None
-    finally:
-        sock.close()
 
 
 class NetDriver(Driver):

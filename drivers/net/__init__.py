@@ -1,0 +1,5 @@
+"""The site box's own network: link and bond state from sysfs (driver), path probes (probe)."""
+
+from .driver import NetDeviceConfig, NetDriver, PathConfig
+
+__all__ = ["NetDeviceConfig", "NetDriver", "PathConfig"]
