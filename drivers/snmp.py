@@ -288,6 +288,14 @@ class SnmpDriver(Driver):
         if table.label is not None:
             bases.append(p.resolve(table.label))
         columns = await self._walk(client, bases, table.max_rows, budget)
+        for n, name in enumerate(names):
+            if (sfx := table.columns[name].suffix) is not None:
+                tail = tuple(int(x) for x in sfx.split("."))
+                columns[n] = {
+                    i[: -len(tail)]: v
+                    for i, v in columns[n].items()
+                    if len(i) > len(tail) and i[-len(tail) :] == tail
+                }
         labels = columns[-1] if table.label is not None else {}
         indexes = sorted({idx for col in columns for idx in col})
         keys: dict[Oid, str] = {}

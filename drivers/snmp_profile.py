@@ -52,6 +52,9 @@ class Column(_M):
     range: tuple[int | float, int | float] | None = None
     #: RAW values that mean "unknown" / "not fitted" even inside the range (`[-1, 65535]`).
     sentinels: list[int | float] = Field(default_factory=list)
+    #: Table columns only: keep the rows whose index ends with these parts and drop them from
+    #: the row name (PDU2-MIB indexes values by pdu.outlet.sensorType: `suffix: "1"` = current).
+    suffix: str | None = Field(default=None, pattern=r"^\d+(\.\d+)*$")
 
     @field_validator("range", mode="before")
     @classmethod
@@ -144,6 +147,17 @@ class TrapDef(_M):
     message: str
 
 
+class Detect(_M):
+    """How `profile: auto` recognises a device (the matcher lives with the driver)."""
+
+    #: sysObjectID prefixes of the devices this profile is written for.
+    sysobjectid: list[str] = Field(default_factory=list)
+    #: An OID only this MIB has; a device answering it is read with this profile.
+    probe: str
+    #: Higher wins when several profiles match (generic MIBs low, vendor MIBs high).
+    priority: int = Field(default=50, ge=0, le=100)
+
+
 class Profile(_M):
     #: Profiles of every protocol share config/profiles; this marks an SNMP one.
     protocol: Literal["snmp"]
@@ -160,6 +174,8 @@ class Profile(_M):
     status: list[StatusRule] = Field(default_factory=list)
     #: Notifications this kind of device sends (read by the trap listener).
     traps: list[TrapDef] = Field(default_factory=list)
+    #: How auto-detection recognises this kind of device.
+    detect: Detect | None = None
 
     @field_validator("objects")
     @classmethod
