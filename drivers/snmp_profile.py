@@ -55,6 +55,9 @@ class Column(_M):
     #: Table columns only: keep the rows whose index ends with these parts and drop them from
     #: the row name (PDU2-MIB indexes values by pdu.outlet.sensorType: `suffix: "1"` = current).
     suffix: str | None = Field(default=None, pattern=r"^\d+(\.\d+)*$")
+    #: Table columns only: another column of the same row holding this value's decimal digits
+    #: (value / 10^digits), where the device publishes them per row (PDU2-MIB, ENTITY-SENSOR).
+    decimals: str | None = None
 
     @field_validator("range", mode="before")
     @classmethod
@@ -195,6 +198,8 @@ class Profile(_M):
         for prefix, table in self.tables.items():
             for col in table.columns.values():
                 self.resolve(col.oid)
+                if col.decimals is not None and col.decimals not in table.columns:
+                    raise ValueError(f"table {prefix}: decimals: {col.decimals!r} is no column")
             if table.label is not None:
                 self.resolve(table.label)
             if not _NAME.match(prefix):

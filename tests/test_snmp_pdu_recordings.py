@@ -25,7 +25,13 @@ from .fixtures.snmp import PASS_HELPER, client_env
 
 CASES = Path(__file__).parent / "testcases" / "snmp"
 #: The profiles this file proves; their cases live beside the UPS cases.
-PROFILES = {"raritan-pdu2", "servertech-sentry3", "servertech-sentry4", "vertiv-geist-v5"}
+PROFILES = {
+    "entity-sensor",
+    "raritan-pdu2",
+    "servertech-sentry3",
+    "servertech-sentry4",
+    "vertiv-geist-v5",
+}
 NAMES = sorted(
     p.name
     for p in CASES.iterdir()
@@ -94,7 +100,8 @@ def test_each_recording_answers_its_profiles_detection_probe(name: str) -> None:
     walk, and the unit's sysObjectID is listed unless the probe has to stand alone."""
     expected = yaml.safe_load((CASES / name / "expected.yaml").read_text())
     detect = load_profile(expected["profile"]).detect
-    assert detect is not None and detect.priority == 50
+    assert detect is not None
+    assert detect.priority == (10 if expected["profile"] == "entity-sensor" else 50)
     rows = [line.split("|")[0] for line in (CASES / name / "device.snmprec").read_text().split()]
     probe = detect.probe.strip(".")
     assert any(oid == probe or oid.startswith(probe + ".") for oid in rows), probe
