@@ -328,6 +328,11 @@ class SnmpDriver(Driver):
                     else f"{prefix}.{key}.{name}"
                 )
                 col = table.columns[name]
+                if (when := col.unknown_when) is not None:
+                    status = columns[names.index(when.column)].get(idx)
+                    if status is not None and status[1] in when.in_:
+                        self._unknown[metric] = f"{when.column} is {status[1]}"
+                        continue
                 converted = self._convert(metric, col, value)
                 if converted is not None and col.decimals is not None:
                     converted = _shifted(converted, columns[names.index(col.decimals)].get(idx))

@@ -35,6 +35,15 @@ class _M(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class UnknownWhen(_M):
+    """A row's own status saying its value is no measurement (RFC 3433 `unavailable`)."""
+
+    column: str
+    in_: list[int] = Field(alias="in", min_length=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class Column(_M):
     """How one OID's value becomes one metric."""
 
@@ -58,6 +67,9 @@ class Column(_M):
     #: Table columns only: another column of the same row holding this value's decimal digits
     #: (value / 10^digits), where the device publishes them per row (PDU2-MIB, ENTITY-SENSOR).
     decimals: str | None = None
+    #: Table columns only: the value is unknown while another column of its row holds one of
+    #: these raw values (`{column: status, in: [2, 3]}`).
+    unknown_when: UnknownWhen | None = None
 
     @field_validator("range", mode="before")
     @classmethod
@@ -200,6 +212,8 @@ class Profile(_M):
                 self.resolve(col.oid)
                 if col.decimals is not None and col.decimals not in table.columns:
                     raise ValueError(f"table {prefix}: decimals: {col.decimals!r} is no column")
+                if col.unknown_when is not None and col.unknown_when.column not in table.columns:
+                    raise ValueError(f"table {prefix}: unknown_when: {col.unknown_when.column!r}")
             if table.label is not None:
                 self.resolve(table.label)
             if not _NAME.match(prefix):
