@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
-from facility_agent.drivers.snmp_profile import load_profile
+from facility_agent.drivers.snmp_profile import ProfileError, load_profile
 
 from .fixtures.procs import Proc, free_port, require_binary, wait_until
 from .fixtures.snmp import PASS_HELPER, client_env
@@ -141,3 +141,35 @@ async def test_pdu_recording_reads_as_its_mib_says(replay: tuple[int, dict[str, 
     assert sorted(sample.unknown) == sorted(expected["unknown"])
     assert not set(sample.unknown) & set(sample.metrics)
     assert list(sample.status) == expected["status"]
+
+
+@pytest.mark.parametrize(
+    ("column", "error"),
+    [
+        ({"oid": "1.3.6.1.4.1.99999.1", "range": "0..9", "decimals": "_nope"}, "decimals"),
+        (
+            {
+                "oid": "1.3.6.1.4.1.99999.1",
+                "range": "0..9",
+                "unknown_when": {"column": "x", "in": [2]},
+            },
+            "unknown_when",
+        ),
+        ({"oid": "1.3.6.1.4.1.99999.1", "range": "0..9", "suffix": "1.x"}, "suffix"),
+    ],
+)
+def test_sensor_table_keys_must_name_columns_of_their_table(
+    tmp_path: Path, column: dict[str, Any], error: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "protocol": "snmp",
+                "name": "bad",
+                "tables": {"sensor": {"columns": {"value": column}}},
+            }
+        )
+    )
+    with pytest.raises(ProfileError, match=error):
+        load_profile(str(path))
