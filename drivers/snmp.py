@@ -192,7 +192,7 @@ class SnmpDriver(Driver):
         for prefix, table in self.profile.tables.items():
             await self._read_table(client, prefix, table, metrics, budget)
         flags = self.profile.flags_for(dict(metrics))
-        published = {k: v for k, v in metrics.items() if not k.startswith("_")}
+        published = {k: v for k, v in metrics.items() if not _hidden(k)}
         unknown = self._unknown
         self._unknown_log.update(unknown, metrics)
         return Sample(
@@ -200,7 +200,7 @@ class SnmpDriver(Driver):
             ts=utcnow(),
             status=tuple(flags),
             metrics=published,
-            unknown=tuple(sorted(n for n in unknown if not n.startswith("_"))),
+            unknown=tuple(sorted(n for n in unknown if not _hidden(n))),
         )
 
     # ---- GET of scalars -------------------------------------------------------------------
@@ -288,6 +288,14 @@ class SnmpDriver(Driver):
         if table.label is not None:
             bases.append(p.resolve(table.label))
         columns = await self._walk(client, bases, table.max_rows, budget)
+        for n, name in enumerate(names):
+            if (sfx := table.columns[name].suffix) is not None:
+                tail = tuple(int(x) for x in sfx.split("."))
+                columns[n] = {
+                    i[: -len(tail)]: v
+                    for i, v in columns[n].items()
+                    if len(i) > len(tail) and i[-len(tail) :] == tail
+                }
         labels = columns[-1] if table.label is not None else {}
         indexes = sorted({idx for col in columns for idx in col})
         keys: dict[Oid, str] = {}
@@ -319,7 +327,15 @@ class SnmpDriver(Driver):
                     if table.template
                     else f"{prefix}.{key}.{name}"
                 )
-                converted = self._convert(metric, table.columns[name], value)
+                col = table.columns[name]
+                if (when := col.unknown_when) is not None:
+                    status = columns[names.index(when.column)].get(idx)
+                    if status is not None and status[1] in when.in_:
+                        self._unknown[metric] = f"{when.column} is {status[1]}"
+                        continue
+                converted = self._convert(metric, col, value)
+                if converted is not None and col.decimals is not None:
+                    converted = _shifted(converted, columns[names.index(col.decimals)].get(idx))
                 if converted is not None:
                     metrics[metric] = converted
 
@@ -370,6 +386,22 @@ class SnmpDriver(Driver):
         if self._client is not None:
             client, self._client = self._client, None
             await client.close()
+
+
+def _hidden(name: str) -> bool:
+    """`_x` scalars and `_x` table columns feed rules and other columns; they are not published."""
+    return any(part.startswith("_") for part in name.split("."))
+
+
+def _shifted(value: MetricValue, digits: Value | None) -> MetricValue | None:
+    """`value` / 10^digits, the row's own decimal digits (PDU2-MIB, ENTITY-SENSOR-MIB
+    precision); without a usable digit count the value cannot be read, so it is left out."""
+    if digits is None or not isinstance(digits[1], int) or not -9 <= digits[1] <= 9:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    shifted: float = value / 10.0 ** digits[1]
+    return round(shifted, 9 + max(digits[1], 0))
 
 
 def _scaled(number: float, scale: float) -> int | float:

@@ -35,6 +35,15 @@ class _M(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class UnknownWhen(_M):
+    """A row's own status saying its value is no measurement (RFC 3433 `unavailable`)."""
+
+    column: str
+    in_: list[int] = Field(alias="in", min_length=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
 class Column(_M):
     """How one OID's value becomes one metric."""
 
@@ -52,6 +61,15 @@ class Column(_M):
     range: tuple[int | float, int | float] | None = None
     #: RAW values that mean "unknown" / "not fitted" even inside the range (`[-1, 65535]`).
     sentinels: list[int | float] = Field(default_factory=list)
+    #: Table columns only: keep the rows whose index ends with these parts and drop them from
+    #: the row name (PDU2-MIB indexes values by pdu.outlet.sensorType: `suffix: "1"` = current).
+    suffix: str | None = Field(default=None, pattern=r"^\d+(\.\d+)*$")
+    #: Table columns only: another column of the same row holding this value's decimal digits
+    #: (value / 10^digits), where the device publishes them per row (PDU2-MIB, ENTITY-SENSOR).
+    decimals: str | None = None
+    #: Table columns only: the value is unknown while another column of its row holds one of
+    #: these raw values (`{column: status, in: [2, 3]}`).
+    unknown_when: UnknownWhen | None = None
 
     @field_validator("range", mode="before")
     @classmethod
@@ -144,6 +162,17 @@ class TrapDef(_M):
     message: str
 
 
+class Detect(_M):
+    """How `profile: auto` recognises a device (the matcher lives with the driver)."""
+
+    #: sysObjectID prefixes of the devices this profile is written for.
+    sysobjectid: list[str] = Field(default_factory=list)
+    #: An OID only this MIB has; a device answering it is read with this profile.
+    probe: str
+    #: Higher wins when several profiles match (generic MIBs low, vendor MIBs high).
+    priority: int = Field(default=50, ge=0, le=100)
+
+
 class Profile(_M):
     #: Profiles of every protocol share config/profiles; this marks an SNMP one.
     protocol: Literal["snmp"]
@@ -160,6 +189,8 @@ class Profile(_M):
     status: list[StatusRule] = Field(default_factory=list)
     #: Notifications this kind of device sends (read by the trap listener).
     traps: list[TrapDef] = Field(default_factory=list)
+    #: How auto-detection recognises this kind of device.
+    detect: Detect | None = None
 
     @field_validator("objects")
     @classmethod
@@ -179,6 +210,10 @@ class Profile(_M):
         for prefix, table in self.tables.items():
             for col in table.columns.values():
                 self.resolve(col.oid)
+                if col.decimals is not None and col.decimals not in table.columns:
+                    raise ValueError(f"table {prefix}: decimals: {col.decimals!r} is no column")
+                if col.unknown_when is not None and col.unknown_when.column not in table.columns:
+                    raise ValueError(f"table {prefix}: unknown_when: {col.unknown_when.column!r}")
             if table.label is not None:
                 self.resolve(table.label)
             if not _NAME.match(prefix):

@@ -1,0 +1,175 @@
+"""PDU, ATS and sensor profiles proven on walks of real units (tests/testcases/snmp/*/ whose
+expected.yaml names one of these profiles): each recording is replayed by real net-snmp snmpd
+through the pass_persist helper, read by the SNMP driver, and compared with expected.yaml, which
+was written from the MIB's own definitions (units, ranges, enumerations, "not available"
+values), not from the agent's output. SOURCE.md gives each recording's origin and licence.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
+from facility_agent.drivers.snmp_profile import ProfileError, load_profile
+
+from .fixtures.procs import Proc, free_port, require_binary, wait_until
+from .fixtures.snmp import PASS_HELPER, client_env
+
+CASES = Path(__file__).parent / "testcases" / "snmp"
+#: The profiles this file proves; their cases live beside the UPS cases.
+PROFILES = {
+    "entity-sensor",
+    "raritan-pdu2",
+    "servertech-sentry3",
+    "servertech-sentry4",
+    "vertiv-geist-v5",
+}
+NAMES = sorted(
+    p.name
+    for p in CASES.iterdir()
+    if (p / "expected.yaml").is_file()
+    and yaml.safe_load((p / "expected.yaml").read_text())["profile"] in PROFILES
+)
+SNMPGET = ("snmpget", "-v2c", "-c", "public", "-On", "-t", "0.3", "-r", "0")
+
+
+@contextmanager
+def serve(recording: Path, subtrees: list[str], root: Path) -> Iterator[int]:
+    """Real snmpd replaying `recording` under `subtrees`; stopped by PID afterwards."""
+    binary = require_binary("/usr/sbin/snmpd")
+    require_binary("snmpget")
+    port = free_port(socket.SOCK_DGRAM)
+    (root / "persist").mkdir()
+    passes = "".join(
+        f"pass_persist .{tree} /usr/bin/python3 -u {PASS_HELPER} {recording}\n" for tree in subtrees
+    )
+    conf = root / "snmpd.conf"
+    conf.write_text(
+        f"agentAddress udp:127.0.0.1:{port}\nrocommunity public 127.0.0.1\n{passes}master off\n"
+    )
+    proc = Proc(
+        [binary, "-f", "-C", "-c", str(conf), "-I", "-smux", "-m", "", "-Lo"],
+        root / "snmpd.log",
+        cwd=root,
+        env={"SNMP_PERSISTENT_DIR": str(root / "persist"), "MIBS": ""},
+    )
+
+    def answers() -> bool:
+        out = subprocess.run(
+            [*SNMPGET, f"127.0.0.1:{port}", ".1.3.6.1.2.1.1.5.0"],
+            capture_output=True,
+            env=client_env(root),
+        )
+        return out.returncode == 0
+
+    try:
+        wait_until(answers, 10, "snmpd")
+        yield port
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def replay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    case = CASES / request.param
+    expected = yaml.safe_load((case / "expected.yaml").read_text())
+    with serve(case / "device.snmprec", expected["subtrees"], tmp_path) as port:
+        yield port, expected
+
+
+def test_every_pdu_profile_has_a_real_recording_with_its_origin() -> None:
+    proven = {yaml.safe_load((CASES / n / "expected.yaml").read_text())["profile"] for n in NAMES}
+    assert proven == PROFILES
+    for name in NAMES:
+        source = (CASES / name / "SOURCE.md").read_text()
+        assert "Licence" in source and "Origin" in source, name
+    assert any(yaml.safe_load((CASES / n / "expected.yaml").read_text())["unknown"] for n in NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_recording_answers_its_profiles_detection_probe(name: str) -> None:
+    """The `detect:` key (read by `profile: auto`) finds the real unit: its probe OID is in the
+    walk, and the unit's sysObjectID is listed unless the probe has to stand alone."""
+    expected = yaml.safe_load((CASES / name / "expected.yaml").read_text())
+    detect = load_profile(expected["profile"]).detect
+    assert detect is not None
+    assert detect.priority == (10 if expected["profile"] == "entity-sensor" else 50)
+    rows = [line.split("|")[0] for line in (CASES / name / "device.snmprec").read_text().split()]
+    probe = detect.probe.strip(".")
+    assert any(oid == probe or oid.startswith(probe + ".") for oid in rows), probe
+    sysoid = next(
+        line.split("|")[2]
+        for line in (CASES / name / "device.snmprec").read_text().splitlines()
+        if line.startswith("1.3.6.1.2.1.1.2.0|")
+    )
+    listed = any(sysoid == s or sysoid.startswith(s + ".") for s in detect.sysobjectid)
+    assert listed or expected.get("sysobjectid_unlisted"), sysoid
+
+
+@pytest.mark.parametrize("replay", NAMES, indirect=True)
+async def test_pdu_recording_reads_as_its_mib_says(replay: tuple[int, dict[str, Any]]) -> None:
+    port, expected = replay
+    cfg = SnmpDeviceConfig(
+        id="rec",
+        driver="snmp",
+        host="127.0.0.1",
+        port=port,
+        profile=expected["profile"],
+        timeout=5.0,
+    )
+    drv = SnmpDriver(cfg)
+    try:
+        sample = await drv.poll()
+    finally:
+        await drv.close()
+    want: dict[str, Any] = expected["metrics"]
+    assert sorted(sample.metrics) == sorted(want)
+    for name, value in want.items():
+        got = sample.metrics[name]
+        if isinstance(value, str) or isinstance(got, str):
+            assert got == value, name
+        else:
+            assert got == pytest.approx(value, abs=1e-6), name
+    assert sorted(sample.unknown) == sorted(expected["unknown"])
+    assert not set(sample.unknown) & set(sample.metrics)
+    assert list(sample.status) == expected["status"]
+
+
+@pytest.mark.parametrize(
+    ("column", "error"),
+    [
+        ({"oid": "1.3.6.1.4.1.99999.1", "range": "0..9", "decimals": "_nope"}, "decimals"),
+        (
+            {
+                "oid": "1.3.6.1.4.1.99999.1",
+                "range": "0..9",
+                "unknown_when": {"column": "x", "in": [2]},
+            },
+            "unknown_when",
+        ),
+        ({"oid": "1.3.6.1.4.1.99999.1", "range": "0..9", "suffix": "1.x"}, "suffix"),
+    ],
+)
+def test_sensor_table_keys_must_name_columns_of_their_table(
+    tmp_path: Path, column: dict[str, Any], error: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "protocol": "snmp",
+                "name": "bad",
+                "tables": {"sensor": {"columns": {"value": column}}},
+            }
+        )
+    )
+    with pytest.raises(ProfileError, match=error):
+        load_profile(str(path))
