@@ -399,3 +399,41 @@ async def test_uplink_lost_degrades_network_group_and_runs_failover_hook(tmp_pat
         assert "shutdown.started" not in rec.types()  # network trouble never powers off a rack
     finally:
         await agent.stop()
+
+
+async def test_cancelled_plan_journals_and_says_so_even_when_the_disk_is_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancelled plan's clean-up awaits its journal write; the engine, ticking on while
+    the power stays back, must not cancel it a second time in the middle of that write (the
+    run would stay open, no `shutdown.cancelled` would come, and the engine would ask again
+    on every tick)."""
+    from facility_agent.policy import journal as journal_module
+
+    real = journal_module.Journal._execute
+
+    def slow(self: Any, sql: str, args: tuple[Any, ...]) -> None:
+        if sql.startswith("UPDATE runs"):
+            import time
+
+            time.sleep(0.6)  # on the journal's writer thread: a slow fsync
+        real(self, sql, args)
+
+    monkeypatch.setattr(journal_module.Journal, "_execute", slow)
+    shutdown = make_site(tmp_path).shutdown.model_dump()
+    shutdown["stages"][2]["steps"] = [{"wait": 3}]
+    agent, rec = await started(tmp_path, shutdown=shutdown)
+    try:
+        outage()
+        await rec.wait("shutdown.started", 5)
+        for _ in range(200):
+            if ("srv-01", "soft_off") in ACTIONS:
+                break
+            await asyncio.sleep(0.02)
+        power_back()
+        await rec.wait("shutdown.cancelled", 8)
+        run = agent.policy.journal.last_run("shutdown")  # type: ignore[union-attr]
+        assert run is not None and run.state == "cancelled"
+        await rec.wait("recovery.completed", 10)
+    finally:
+        await agent.stop()

@@ -476,6 +476,10 @@ class PolicyEngine:
         back = not pv.on_battery_group(self.groups[sd.group].group.min) and not pv.fsd
         if self._cancel_held.update(back, now) and not self.plan.past_no_return:
             assert self.plan_task is not None
+            if self.plan_task.cancelling() or self.plan_task.done():
+                # Asked once already: a second cancel would interrupt the cancelled plan's
+                # own clean-up (journaling the run `cancelled`, the event), not the plan.
+                return
             log.warning("power is back before the point of no return: cancelling the shutdown")
             self.plan_task.cancel()
 
