@@ -144,6 +144,27 @@ class TrapDef(_M):
     message: str
 
 
+class Detect(_M):
+    """How `profile: auto` recognises a device (drivers/snmp_detect.py, docs/profiles.md)."""
+
+    #: sysObjectID prefixes of the devices this profile is for (empty: match by probe only).
+    sysobjectid: list[str] = Field(default_factory=list)
+    #: An OID that must answer for the profile to fit (its MIB is really there).
+    probe: str | None = None
+    #: Among profiles that fit equally well, the highest wins; generic MIBs stay low.
+    priority: int = Field(default=0, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _something(self) -> Detect:
+        for oid in self.sysobjectid:
+            parse_oid(oid)
+        if self.probe is not None:
+            parse_oid(self.probe)
+        if not self.sysobjectid and self.probe is None:
+            raise ValueError("detect: needs sysobjectid, probe, or both")
+        return self
+
+
 class Profile(_M):
     #: Profiles of every protocol share config/profiles; this marks an SNMP one.
     protocol: Literal["snmp"]
@@ -160,6 +181,8 @@ class Profile(_M):
     status: list[StatusRule] = Field(default_factory=list)
     #: Notifications this kind of device sends (read by the trap listener).
     traps: list[TrapDef] = Field(default_factory=list)
+    #: How `profile: auto` recognises this kind of device.
+    detect: Detect | None = None
 
     @field_validator("objects")
     @classmethod
