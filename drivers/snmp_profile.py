@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .snmp_ber import Oid, parse_oid
 from .valid import parse_range
 
-_NAME = re.compile(r"^_?[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+|\.\{(index|label)\})*$")
+_NAME = re.compile(r"^_?[a-z0-9][a-z0-9_-]*(\.[a-zA-Z0-9_-]+|\.\{(index|label)\})*$")
 _SYMBOL = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)((?:\.\d+)*)$")
 
 

@@ -26,7 +26,14 @@ from .fixtures.snmp import PASS_HELPER, client_env
 CASES = Path(__file__).parent / "testcases" / "snmp"
 NAMES = sorted(p.name for p in CASES.iterdir() if (p / "expected.yaml").is_file())
 #: The subtrees the recordings are served under (snmpd answers the rest itself).
-SUBTREES = (".1.3.6.1.2.1.33", ".1.3.6.1.4.1.318", ".1.3.6.1.4.1.534")
+SUBTREES = (
+    ".1.3.6.1.2.1.1.2",
+    ".1.3.6.1.2.1.33",
+    ".1.3.6.1.4.1.318",
+    ".1.3.6.1.4.1.534",
+    ".1.3.6.1.4.1.705",
+    ".1.3.6.1.4.1.2011",
+)
 SNMPGET = ("snmpget", "-v2c", "-c", "public", "-On", "-t", "0.3", "-r", "0")
 
 
@@ -74,7 +81,7 @@ def replay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
         yield port, expected
 
 
-def driver(port: int, profile: str) -> SnmpDriver:
+def driver(port: int, profile: str = "auto") -> SnmpDriver:
     cfg = SnmpDeviceConfig(
         id="rec", driver="snmp", host="127.0.0.1", port=port, profile=profile, timeout=5.0
     )
@@ -127,3 +134,38 @@ async def test_an_unknown_is_logged_once_per_metric_not_per_poll(
     lines = [r.getMessage() for r in caplog.records if r.name == "facility_agent.unknown"]
     assert len(lines) == len(expected["unknown"]) == 2
     assert any("battery.runtime: -1 is outside the valid range 1..2147483647" in x for x in lines)
+
+
+DETECTED = [
+    n for n in NAMES if "detect" in yaml.safe_load((CASES / n / "expected.yaml").read_text())
+]
+
+
+def test_every_ups_family_has_a_recording_that_detection_picks() -> None:
+    picked = {yaml.safe_load((CASES / n / "expected.yaml").read_text())["detect"] for n in DETECTED}
+    assert {"eaton-mge", "huawei-ups"} <= picked
+
+
+@pytest.mark.parametrize("replay", DETECTED, indirect=True)
+async def test_profile_auto_picks_the_profile_the_sysobjectid_and_probes_name(
+    replay: tuple[int, dict[str, Any]],
+) -> None:
+    """The default (`profile: auto`) reads sysObjectID and the probes and names its choice."""
+    port, expected = replay
+    drv = driver(port)
+    try:
+        sample = await drv.poll()
+    finally:
+        await drv.close()
+    assert drv.choice is not None
+    assert sample.metrics["driver.profile"] == expected["detect"] == drv.choice.profile
+    reason = str(sample.metrics["driver.profile.reason"])
+    assert "answers" in reason or "sysObjectID" in reason
+    if expected["detect"] == expected["profile"]:
+        assert list(sample.status) == expected["status"]
+        assert sorted(sample.unknown) == expected["unknown"]
+        assert set(sample.metrics) == {
+            *expected["metrics"],
+            "driver.profile",
+            "driver.profile.reason",
+        }
