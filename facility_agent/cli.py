@@ -339,9 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.set_defaults(func=cmd_demo)
 
-    from . import runbook, service, status_cmd
+    from . import runbook, service, snmp_cmd, status_cmd
 
-    for module in (status_cmd, runbook, service):
+    for module in (status_cmd, runbook, service, snmp_cmd):
         module.add_parser(sub, parents=[common])
     sub.choices["status"].usage_exit = EXIT_STATUS_USAGE
     return parser
