@@ -33,6 +33,7 @@ SUBTREES = (
     ".1.3.6.1.4.1.534",
     ".1.3.6.1.4.1.705",
     ".1.3.6.1.4.1.2011",
+    ".1.3.6.1.4.1.3808",
 )
 SNMPGET = ("snmpget", "-v2c", "-c", "public", "-On", "-t", "0.3", "-r", "0")
 
@@ -94,7 +95,7 @@ def test_there_are_at_least_five_recordings_and_one_sends_sentinels() -> None:
     assert any(unknowns)
     for name in NAMES:
         source = (CASES / name / "SOURCE.md").read_text()
-        assert "Licence" in source and "snmpsim-data" in source, name
+        assert "Licence" in source and ("snmpsim-data" in source or "LibreNMS" in source), name
 
 
 @pytest.mark.parametrize("replay", NAMES, indirect=True)
@@ -143,7 +144,7 @@ DETECTED = [
 
 def test_every_ups_family_has_a_recording_that_detection_picks() -> None:
     picked = {yaml.safe_load((CASES / n / "expected.yaml").read_text())["detect"] for n in DETECTED}
-    assert {"eaton-mge", "huawei-ups"} <= picked
+    assert {"eaton-mge", "huawei-ups", "cyberpower-cps"} <= picked
 
 
 @pytest.mark.parametrize("replay", DETECTED, indirect=True)
