@@ -120,6 +120,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if site is None:
         return EXIT_INVALID
     print(f"{args.config}: OK, site {site.site!r}, {len(site.devices)} device(s)")
+    if getattr(args, "probe", False):
+        from .snmp_cmd import probe_site
+
+        return EXIT_OK if asyncio.run(probe_site(site)) else EXIT_INVALID
     return EXIT_OK
 
 
@@ -248,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("check", "validate a site file; list every problem and how to fix it")
     add_config_option(p)
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="also ask each SNMP device which profile fits it (check is offline otherwise)",
+    )
     p.set_defaults(func=cmd_check)
 
     p = command("simulate", "serve the bundled simulated site so any client can be pointed at it")

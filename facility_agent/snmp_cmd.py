@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from .config import SiteConfig
+
 
 async def _record(args: argparse.Namespace) -> tuple[list[str], str] | None:
     from .drivers.snmp import SnmpDeviceConfig, SnmpDriver
@@ -55,6 +57,31 @@ def _oid(value: tuple[int, object]) -> str:
 
     raw = value[1]
     return oid_str(raw) if isinstance(raw, tuple) else str(raw)
+
+
+async def probe_site(site: SiteConfig) -> bool:
+    """`check --probe`: which profile each SNMP device gets and why; False if one fits none."""
+    from .drivers.snmp import SnmpDeviceConfig, SnmpDriver
+    from .drivers.snmp_detect import detect
+
+    ok = True
+    for dev in site.devices:
+        if not isinstance(dev, SnmpDeviceConfig):
+            continue
+        if dev.profile != "auto":
+            print(f"  {dev.id}: profile {dev.profile} (named in the site file)")
+            continue
+        drv = SnmpDriver(dev)
+        try:
+            choice = await detect(drv.client(), dev.host)
+        except Exception as exc:  # one line per device, the others are still probed
+            print(f"  {dev.id}: {exc}")
+            ok = False
+        else:
+            print(f"  {dev.id}: profile {choice.profile} ({choice.reason})")
+        finally:
+            await drv.close()
+    return ok
 
 
 def cmd_record(args: argparse.Namespace) -> int:

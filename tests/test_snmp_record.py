@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from facility_agent.cli import main
 from facility_agent.model import Sample
 
@@ -38,9 +40,7 @@ def test_a_recorded_walk_replays_to_the_same_state_with_serials_masked(
     text = out.read_text()
     lines = text.splitlines()
     assert all(line.count("|") >= 2 for line in lines)
-    # The system group as the agent walks it (here snmpd's own; the fixture only overrides GET
-    # of sysObjectID), then the card's MIB subtrees.
-    assert any(line.startswith("1.3.6.1.2.1.1.2.0|6|") for line in lines)
+    assert "1.3.6.1.2.1.1.2.0|6|1.3.6.1.4.1.705.1" in lines
     assert "1.3.6.1.4.1.705.1.5.2.0|2|100" in lines
     # upsmgIdentSerialNumber and xupsIdent...: the card's serial never leaves the site.
     assert "4K234LXX06" not in text
@@ -71,3 +71,34 @@ def test_recording_an_agent_that_does_not_answer_fails_with_one_line(
     )
     assert code == 1
     assert not out.exists()
+
+
+def test_check_probe_names_the_profile_and_why_and_a_stranger_gets_the_recorder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stranger = tmp_path / "stranger.snmprec"
+    stranger.write_text("1.3.6.1.2.1.1.2.0|6|1.3.6.1.4.1.99999.1\n")
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    site = tmp_path / "site.yaml"
+    case = CASES / "cyberpower-ol2200rtxl2u" / "device.snmprec"
+    with serve(case, tmp_path / "a") as ups, serve(stranger, tmp_path / "b") as odd:
+        site.write_text(
+            "site: s\ndevices:\n"
+            f"  - {{id: cps, driver: snmp, host: 127.0.0.1, port: {ups}, timeout: 5s}}\n"
+            f"  - {{id: odd, driver: snmp, host: 127.0.0.1, port: {odd}, timeout: 5s}}\n"
+            f"  - {{id: named, driver: snmp, host: 127.0.0.1, port: {odd}, profile: ups-mib}}\n"
+        )
+        assert main(["check", "-c", str(site)]) == 0  # offline: no probing
+        assert "profile" not in capsys.readouterr().out
+        code = main(["check", "-c", str(site), "--probe"])
+    out = capsys.readouterr().out
+    assert code != 0
+    assert (
+        "cps: profile cyberpower-cps (sysObjectID 1.3.6.1.4.1.3808.1.1.3 is under "
+        "1.3.6.1.4.1.3808.1.1 and 1.3.6.1.4.1.3808.1.1.1.1.1.1.0 answers)" in out
+    )
+    assert "odd: " in out and "no bundled profile fits this device" in out
+    assert "sysObjectID 1.3.6.1.4.1.99999.1" in out
+    assert "facility-agent snmp record 127.0.0.1 -o walk.snmprec" in out
+    assert "named: profile ups-mib (named in the site file)" in out
