@@ -102,3 +102,25 @@ def test_check_probe_names_the_profile_and_why_and_a_stranger_gets_the_recorder(
     assert "sysObjectID 1.3.6.1.4.1.99999.1" in out
     assert "facility-agent snmp record 127.0.0.1 -o walk.snmprec" in out
     assert "named: profile ups-mib (named in the site file)" in out
+
+
+def test_status_shows_the_profile_auto_picked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from facility_agent.status_cmd import OK, Retained, Verdict, render
+
+    monkeypatch.setenv("COLUMNS", "200")  # rich wraps the table to the terminal width
+
+    data = Retained(
+        agent="online",
+        devices={
+            "ups-x": {
+                "driver": "snmp",
+                "comm": "ok",
+                "status": ["OL"],
+                "metrics": {"driver.profile": "eaton-mge", "battery.charge": 100},
+            }
+        },
+    )
+    render("s", Verdict(OK, []), data)
+    assert "profile eaton-mge (auto)" in capsys.readouterr().out
