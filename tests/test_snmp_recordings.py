@@ -183,3 +183,21 @@ async def test_profile_auto_picks_the_profile_the_sysobjectid_and_probes_name(
             "driver.profile",
             "driver.profile.reason",
         }
+
+
+@pytest.mark.parametrize(
+    "replay", ["huawei-ups5000-hwmib", "cyberpower-ol2200rtxl2u"], indirect=True
+)
+async def test_profile_auto_works_on_an_snmpv1_agent(replay: tuple[int, dict[str, Any]]) -> None:
+    """A v1 agent fails a whole GET on the first probe it lacks; detection still picks."""
+    port, expected = replay
+    cfg = SnmpDeviceConfig(
+        id="rec", driver="snmp", host="127.0.0.1", port=port, version="1", timeout=5.0
+    )
+    drv = SnmpDriver(cfg)
+    try:
+        sample = await drv.poll()
+    finally:
+        await drv.close()
+    assert sample.metrics["driver.profile"] == expected["detect"]
+    assert list(sample.status) == expected["status"]
