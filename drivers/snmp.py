@@ -20,10 +20,14 @@ from facility_agent.units import Duration
 from . import snmp_ber as ber
 from .snmp_ber import Oid, Value, VarBind
 from .snmp_client import FastClient, SnmpClient, UsmClient
+from .snmp_detect import Choice, detect
 from .snmp_profile import Column, Profile, ProfileError, Table, load_profile
 from .valid import UnknownLog, not_a_reading
 
 log = logging.getLogger(__name__)
+
+#: The empty profile an `auto` device holds until detection has picked its own.
+AUTO = Profile(protocol="snmp", name="auto")
 
 #: Most varbinds one poll may collect across all tables: a bound against endless tables.
 MAX_VARBINDS = 50_000
@@ -44,8 +48,9 @@ class SnmpDeviceConfig(DeviceConfig):
     priv_key: SecretStr | None = None
     #: SNMPv3 context name (most agents use the empty default).
     context: str = ""
-    #: A bundled profile by name (`apc-rpdu2`) or a path to a profile YAML file.
-    profile: str
+    #: A bundled profile by name (`apc-rpdu2`), a path to a profile YAML file, or `auto`:
+    #: recognised from sysObjectID and probes on the first poll (drivers/snmp_detect.py).
+    profile: str = "auto"
     #: Retransmissions of a request before the poll fails (each waits `request_timeout`).
     retries: int = Field(default=1, ge=0, le=10)
     #: Wait for one answer; default: the poll timeout shared out over the tries.
@@ -67,6 +72,8 @@ class SnmpDeviceConfig(DeviceConfig):
     @field_validator("profile")
     @classmethod
     def _profile_loads(cls, value: str) -> str:
+        if value == "auto":
+            return value
         try:
             load_profile(value)
         except ProfileError as exc:
@@ -135,7 +142,10 @@ class SnmpDriver(Driver):
         if not isinstance(config, SnmpDeviceConfig):
             config = SnmpDeviceConfig.model_validate(config.model_dump())
         self.cfg = config
-        self.profile: Profile = load_profile(config.profile)
+        #: With `profile: auto`, what detection picked and why (None until the first poll).
+        self.choice: Choice | None = None
+        self._auto = config.profile == "auto"
+        self.profile: Profile = AUTO if self._auto else load_profile(config.profile)
         self._client: SnmpClient | None = None
         self._max_oids = config.max_oids
         self._counters: dict[str, _Counter] = {}
@@ -143,10 +153,12 @@ class SnmpDriver(Driver):
         self._unknown_log = UnknownLog(config.id)
         #: Metric -> why its value this poll was not a reading (filled by `_convert`).
         self._unknown: dict[str, str] = {}
-        p = self.profile
-        self._scalars: list[tuple[str, Column, Oid]] = [
-            (name, col, p.resolve(col.oid)) for name, col in p.metrics.items()
-        ]
+        self._scalars: list[tuple[str, Column, Oid]] = []
+        self._use(self.profile)
+
+    def _use(self, p: Profile) -> None:
+        self.profile = p
+        self._scalars = [(name, col, p.resolve(col.oid)) for name, col in p.metrics.items()]
 
     def client(self) -> SnmpClient:
         if self._client is None:
@@ -180,6 +192,15 @@ class SnmpDriver(Driver):
         metrics: dict[str, MetricValue] = {}
         self._unknown = {}
         client = self.client()
+        if self._auto and self.choice is None:
+            self.choice = await detect(client, self.cfg.host)
+            self._use(load_profile(self.choice.profile))
+            log.info(
+                "device %s: profile %s (%s)", self.cfg.id, self.choice.profile, self.choice.reason
+            )
+        if self.choice is not None:
+            metrics["driver.profile"] = self.choice.profile
+            metrics["driver.profile.reason"] = self.choice.reason
         if self._scalars:
             values = await self._get_all(client, [oid for _, _, oid in self._scalars])
             for name, col, oid in self._scalars:

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .snmp_ber import Oid, parse_oid
 from .valid import parse_range
 
-_NAME = re.compile(r"^_?[a-z0-9][a-z0-9_-]*(\.[a-z0-9_-]+|\.\{(index|label)\})*$")
+_NAME = re.compile(r"^_?[a-z0-9][a-z0-9_-]*(\.[a-zA-Z0-9_-]+|\.\{(index|label)\})*$")
 _SYMBOL = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)((?:\.\d+)*)$")
 
 
@@ -163,14 +163,24 @@ class TrapDef(_M):
 
 
 class Detect(_M):
-    """How `profile: auto` recognises a device (the matcher lives with the driver)."""
+    """How `profile: auto` recognises a device (drivers/snmp_detect.py, docs/profiles.md)."""
 
-    #: sysObjectID prefixes of the devices this profile is written for.
+    #: sysObjectID prefixes of the devices this profile is for (empty: match by probe only).
     sysobjectid: list[str] = Field(default_factory=list)
-    #: An OID only this MIB has; a device answering it is read with this profile.
-    probe: str
-    #: Higher wins when several profiles match (generic MIBs low, vendor MIBs high).
-    priority: int = Field(default=50, ge=0, le=100)
+    #: An OID that must answer for the profile to fit (its MIB is really there).
+    probe: str | None = None
+    #: Among profiles that fit equally well, the highest wins; generic MIBs stay low.
+    priority: int = Field(default=0, ge=0, le=1000)
+
+    @model_validator(mode="after")
+    def _something(self) -> Detect:
+        for oid in self.sysobjectid:
+            parse_oid(oid)
+        if self.probe is not None:
+            parse_oid(self.probe)
+        if not self.sysobjectid and self.probe is None:
+            raise ValueError("detect: needs sysobjectid, probe, or both")
+        return self
 
 
 class Profile(_M):
@@ -189,7 +199,7 @@ class Profile(_M):
     status: list[StatusRule] = Field(default_factory=list)
     #: Notifications this kind of device sends (read by the trap listener).
     traps: list[TrapDef] = Field(default_factory=list)
-    #: How auto-detection recognises this kind of device.
+    #: How `profile: auto` recognises this kind of device.
     detect: Detect | None = None
 
     @field_validator("objects")

@@ -120,6 +120,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if site is None:
         return EXIT_INVALID
     print(f"{args.config}: OK, site {site.site!r}, {len(site.devices)} device(s)")
+    if getattr(args, "probe", False):
+        from .snmp_cmd import probe_site
+
+        return EXIT_OK if asyncio.run(probe_site(site)) else EXIT_INVALID
     return EXIT_OK
 
 
@@ -248,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("check", "validate a site file; list every problem and how to fix it")
     add_config_option(p)
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="also ask each SNMP device which profile fits it (check is offline otherwise)",
+    )
     p.set_defaults(func=cmd_check)
 
     p = command("simulate", "serve the bundled simulated site so any client can be pointed at it")
@@ -339,9 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
     p.set_defaults(func=cmd_demo)
 
-    from . import runbook, service, status_cmd
+    from . import runbook, service, snmp_cmd, status_cmd
 
-    for module in (status_cmd, runbook, service):
+    for module in (status_cmd, runbook, service, snmp_cmd):
         module.add_parser(sub, parents=[common])
     sub.choices["status"].usage_exit = EXIT_STATUS_USAGE
     return parser

@@ -324,6 +324,8 @@ def render(site: str, verdict: Verdict, data: Retained) -> None:
                 detail += f", fuel {_fmt(m['generator.fuel.level'], '%')}"
         elif st.get("reason"):
             detail = str(st["reason"])[:60]
+        elif "driver.profile" in m:  # an SNMP device on `profile: auto`: what detection picked
+            detail = f"profile {m['driver.profile']} (auto)"
         table.add_row(
             name,
             str(st.get("driver", "")),

@@ -32,7 +32,14 @@ NAMES = sorted(
     and "subtrees" not in yaml.safe_load((p / "expected.yaml").read_text())
 )
 #: The subtrees the recordings are served under (snmpd answers the rest itself).
-SUBTREES = (".1.3.6.1.2.1.33", ".1.3.6.1.4.1.318", ".1.3.6.1.4.1.534")
+SUBTREES = (
+    ".1.3.6.1.2.1.33",
+    ".1.3.6.1.4.1.318",
+    ".1.3.6.1.4.1.534",
+    ".1.3.6.1.4.1.705",
+    ".1.3.6.1.4.1.2011",
+    ".1.3.6.1.4.1.3808",
+)
 SNMPGET = ("snmpget", "-v2c", "-c", "public", "-On", "-t", "0.3", "-r", "0")
 
 
@@ -46,9 +53,20 @@ def serve(recording: Path, root: Path) -> Iterator[int]:
     passes = "".join(
         f"pass_persist {tree} /usr/bin/python3 -u {PASS_HELPER} {recording}\n" for tree in SUBTREES
     )
+    # snmpd answers the system group itself; it reports the recording's sysObjectID when told.
+    sysoid = next(
+        (
+            line.split("|")[2].strip()
+            for line in recording.read_text(errors="replace").splitlines()
+            if line.startswith("1.3.6.1.2.1.1.2.0|6|")
+        ),
+        None,
+    )
+    system = f"sysobjectid .{sysoid}\n" if sysoid else ""
     conf = root / "snmpd.conf"
     conf.write_text(
-        f"agentAddress udp:127.0.0.1:{port}\nrocommunity public 127.0.0.1\n{passes}master off\n"
+        f"agentAddress udp:127.0.0.1:{port}\nrocommunity public 127.0.0.1\n{system}{passes}"
+        "master off\n"
     )
     proc = Proc(
         [binary, "-f", "-C", "-c", str(conf), "-I", "-smux", "-m", "", "-Lo"],
@@ -80,7 +98,7 @@ def replay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
         yield port, expected
 
 
-def driver(port: int, profile: str) -> SnmpDriver:
+def driver(port: int, profile: str = "auto") -> SnmpDriver:
     cfg = SnmpDeviceConfig(
         id="rec", driver="snmp", host="127.0.0.1", port=port, profile=profile, timeout=5.0
     )
@@ -93,7 +111,7 @@ def test_there_are_at_least_five_recordings_and_one_sends_sentinels() -> None:
     assert any(unknowns)
     for name in NAMES:
         source = (CASES / name / "SOURCE.md").read_text()
-        assert "Licence" in source and "snmpsim-data" in source, name
+        assert "Licence" in source and ("snmpsim-data" in source or "LibreNMS" in source), name
 
 
 @pytest.mark.parametrize("replay", NAMES, indirect=True)
@@ -133,3 +151,59 @@ async def test_an_unknown_is_logged_once_per_metric_not_per_poll(
     lines = [r.getMessage() for r in caplog.records if r.name == "facility_agent.unknown"]
     assert len(lines) == len(expected["unknown"]) == 2
     assert any("battery.runtime: -1 is outside the valid range 1..2147483647" in x for x in lines)
+
+
+DETECTED = [
+    n for n in NAMES if "detect" in yaml.safe_load((CASES / n / "expected.yaml").read_text())
+]
+
+
+def test_every_ups_family_has_a_recording_that_detection_picks() -> None:
+    picked = {yaml.safe_load((CASES / n / "expected.yaml").read_text())["detect"] for n in DETECTED}
+    assert {"eaton-mge", "huawei-ups", "cyberpower-cps"} <= picked
+
+
+@pytest.mark.parametrize("replay", DETECTED, indirect=True)
+async def test_profile_auto_picks_the_profile_the_sysobjectid_and_probes_name(
+    replay: tuple[int, dict[str, Any]],
+) -> None:
+    """The default (`profile: auto`) reads sysObjectID and the probes and names its choice."""
+    port, expected = replay
+    drv = driver(port)
+    try:
+        sample = await drv.poll()
+    finally:
+        await drv.close()
+    assert drv.choice is not None
+    assert sample.metrics["driver.profile"] == expected["detect"] == drv.choice.profile
+    reason = str(sample.metrics["driver.profile.reason"])
+    assert "answers" in reason
+    if expected["detect"] in ("eaton-mge", "cyberpower-cps"):  # named by their sysObjectID
+        assert reason.startswith("sysObjectID 1.3.6.1.4.1.")
+        assert " is under " in reason
+    if expected["detect"] == expected["profile"]:
+        assert list(sample.status) == expected["status"]
+        assert sorted(sample.unknown) == expected["unknown"]
+        assert set(sample.metrics) == {
+            *expected["metrics"],
+            "driver.profile",
+            "driver.profile.reason",
+        }
+
+
+@pytest.mark.parametrize(
+    "replay", ["huawei-ups5000-hwmib", "cyberpower-ol2200rtxl2u"], indirect=True
+)
+async def test_profile_auto_works_on_an_snmpv1_agent(replay: tuple[int, dict[str, Any]]) -> None:
+    """A v1 agent fails a whole GET on the first probe it lacks; detection still picks."""
+    port, expected = replay
+    cfg = SnmpDeviceConfig(
+        id="rec", driver="snmp", host="127.0.0.1", port=port, version="1", timeout=5.0
+    )
+    drv = SnmpDriver(cfg)
+    try:
+        sample = await drv.poll()
+    finally:
+        await drv.close()
+    assert sample.metrics["driver.profile"] == expected["detect"]
+    assert list(sample.status) == expected["status"]
