@@ -107,7 +107,8 @@ class Agent:
         self._tasks.append(self.supervisor.spawn("heartbeat", self._heartbeat))
         if self.config.traps is not None:
             await self._start_traps(self.config.traps)
-        if self.config.nut_server is not None:
+        # A dry run touches nothing: no face, so no secondary can see a drill's FSD.
+        if self.config.nut_server is not None and not self.dry_run:
             self.nut_face = NutFace(self.config.nut_server, self.state.all, self._secondaries_fsd)
             await self.nut_face.start()
         log.info(

@@ -15,7 +15,7 @@ class NutFaceUser(BaseModel):
 class NutServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: host:port (`[::1]:3493` for IPv6). Loopback by default: nothing is exposed unasked.
+    #: host:port (`[::1]:3493` for IPv6; port 0: any free one). Loopback by default.
     listen: str = "127.0.0.1:3493"
     #: Who may LOGIN (upsmon secondaries must). Reading variables needs no login, as with upsd.
     users: list[NutFaceUser] = Field(default_factory=list)
@@ -28,7 +28,7 @@ class NutServerConfig(BaseModel):
     @classmethod
     def _listen(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
             raise ValueError(f"listen must be host:port, not {value!r}")
         return value
 
