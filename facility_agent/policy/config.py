@@ -153,6 +153,11 @@ class StepConfig(_Section):
             raise ValueError("run: needs at least the program")
         if self.env and self.run is None:
             raise ValueError("env: only applies to a run: step")
+        if self.undo and self.ssh is not None:
+            raise ValueError(
+                "undo: is a device action; a host an ssh: step stopped comes back by its BMC "
+                "(a recovery step such as device: srv-01, action: power_on)"
+            )
         return self
 
     @property
