@@ -202,3 +202,46 @@ def test_kill_9_mid_ssh_step_neither_repeats_nor_skips(sshd_server: Sshd, tmp_pa
     states = {(s.stage, s.step): s.state for s in journal.steps(run.id)}
     assert states == {(0, 0): "interrupted", (1, 0): "done"}
     assert sshd_server.asked == ["sleep 30", "echo next"]
+
+
+def test_password_refused_and_never_shown(
+    sshd_server: Sshd, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    step = ssh_step(sshd_server, tmp_path, ["true"], key_file=None, password="hunter2-not-logged")
+    ok, detail = run_step(step)
+    assert not ok and "authentication refused" in detail
+    assert "hunter2" not in detail and "hunter2" not in caplog.text and "hunter2" not in repr(step)
+    assert sshd_server.asked == []
+
+
+def test_site_file_key_from_a_secret_file(sshd_server: Sshd, tmp_path: Path) -> None:
+    from facility_agent.config import parse_site
+
+    known = sshd_server.known_hosts(tmp_path / "known_hosts")
+    text = f"""\
+site: s
+devices:
+  - {{id: ups-a, driver: nut, host: 127.0.0.1, ups: ups}}
+groups: [{{id: ups, members: [ups-a]}}]
+shutdown:
+  group: ups
+  stages:
+    - name: hosts
+      steps:
+        - ssh:
+            host: 127.0.0.1
+            port: {sshd_server.port}
+            run: [echo, from-site]
+            key: "${{file:{sshd_server.client_key}}}"
+            known_hosts_file: {known}
+"""
+    site = parse_site(text, "site.yaml", env={})
+    assert site.shutdown is not None
+    step = site.shutdown.stages[0].steps[0]
+    assert step.kind == "ssh" and step.label == "ssh 127.0.0.1: echo from-site"
+    ok, detail = run_step(step)
+    assert ok, detail
+    assert sshd_server.asked == ["echo from-site"]
+    with pytest.raises(ValueError, match="undo: is a device action"):
+        StepConfig.model_validate({"ssh": step.ssh, "undo": "power_on"})
