@@ -246,3 +246,58 @@ async def test_upsmon_secondary_follows_the_plan(
         assert "s3cret-pw" not in upsmon.output()
     finally:
         await agent.stop()
+
+
+async def test_login_rules_stale_data_and_nothing_writable() -> None:
+    from facility_agent.model import DeviceState
+    from facility_agent.nut_face.config import NutServerConfig
+    from facility_agent.nut_face.server import NutFace
+
+    states = {
+        "ups-a": DeviceState("ups-a", "world", utcnow(), "ok", ("OL",), {"battery.charge": 97.5}),
+        "ups-b": DeviceState("ups-b", "world", utcnow(), "lost", ("OB",), {}),
+        "srv-01": DeviceState("srv-01", "world", utcnow(), "ok", ("POWER_ON",), {}),
+    }
+    config = NutServerConfig.model_validate(
+        {"listen": "127.0.0.1:0", "users": [{"name": "mon", "password": "good"}]}
+    )
+    face = NutFace(config, lambda: states, lambda: False)
+    await face.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", face.port)
+
+        async def ask(line: str) -> str:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            return (await reader.readline()).decode().strip()
+
+        assert await ask("GET VAR ups-a battery.charge") == 'VAR ups-a battery.charge "97.5"'
+        assert await ask("GET VAR ups-b ups.status") == "ERR DATA-STALE"
+        assert await ask("GET VAR srv-01 ups.status") == "ERR UNKNOWN-UPS"
+        assert await ask("GET VAR ups-a nope") == "ERR VAR-NOT-SUPPORTED"
+        assert await ask("LOGIN ups-a") == "ERR USERNAME-REQUIRED"
+        assert await ask("USERNAME mon") == "OK"
+        assert await ask("USERNAME again") == "ERR ALREADY-SET-USERNAME"
+        assert await ask("PASSWORD bad") == "OK"
+        assert await ask("LOGIN ups-a") == "ERR ACCESS-DENIED"
+        for refused in ("SET VAR ups-a battery.charge 1", "INSTCMD ups-a beeper.off", "FSD ups-a"):
+            assert await ask(refused) == "ERR ACCESS-DENIED"
+        assert await ask("STARTTLS") == "ERR FEATURE-NOT-CONFIGURED"
+        assert await ask("LIST UPS") == "BEGIN LIST UPS"
+        assert await reader.readline() == b'UPS ups-a "served by facility-agent"\n'
+        assert await reader.readline() == b'UPS ups-b "served by facility-agent"\n'
+        assert await reader.readline() == b"END LIST UPS\n"
+        # A request line beyond the limit closes the connection.
+        writer.write(b"GET " + b"x" * 5000 + b"\n")
+        await writer.drain()
+        assert await reader.read() == b""
+        writer.close()
+        _, writer = await asyncio.open_connection("127.0.0.1", face.port)
+        r2, w2 = await asyncio.open_connection("127.0.0.1", face.port)
+        w2.write(b"USERNAME mon\nPASSWORD good\nLOGIN ups-a\nGET NUMLOGINS ups-a\nLOGOUT\n")
+        await w2.drain()
+        replies = (await r2.read()).decode().splitlines()
+        assert replies == ["OK", "OK", "OK", "NUMLOGINS ups-a 1", "OK Goodbye"]
+        writer.close()
+    finally:
+        await face.stop()

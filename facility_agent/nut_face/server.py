@@ -40,6 +40,14 @@ class _Client:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def quoted(value: str) -> str:
+    """A value as upsd sends it: always in double quotes (`VAR ups battery.charge "100"`). CR, LF
+    and NUL become spaces: no device string may end a reply line and forge another."""
+    for c in "\r\n\0":
+        value = value.replace(c, " ")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def format_value(value: MetricValue) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
@@ -60,6 +68,7 @@ class NutFace:
         self.fsd = fsd
         self._server: asyncio.Server | None = None
         self._clients: dict[asyncio.StreamWriter, _Client] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
     # -- the view -----------------------------------------------------------------------------
@@ -101,8 +110,9 @@ class NutFace:
         if self._server is None:
             return
         self._server.close()
-        for writer in list(self._clients):
-            writer.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
 
@@ -113,6 +123,9 @@ class NutFace:
             writer.close()
             return
         self._clients[writer] = client
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             while True:
                 try:
@@ -130,6 +143,8 @@ class NutFace:
             pass
         finally:
             self._clients.pop(writer, None)
+            if task is not None:
+                self._tasks.discard(task)
             writer.close()
 
     def _answer(self, client: _Client, line: str) -> tuple[str, bool]:
@@ -146,6 +161,8 @@ class NutFace:
             return self._command(client, cmd, args), False
         except NutError as exc:
             return f"ERR {exc}\n", False
+        except ValueError:  # a name with CR/LF in it: never sent
+            return "ERR INVALID-ARGUMENT\n", False
 
     def _command(self, client: _Client, cmd: str, args: list[str]) -> str:
         if cmd == "VER":
@@ -212,7 +229,7 @@ class NutFace:
             value = self.variables(args[1]).get(args[2])
             if value is None:
                 raise NutError("VAR-NOT-SUPPORTED")
-            return f"VAR {quote(args[1])} {quote(args[2])} {quote(value)}\n"
+            return f"VAR {quote(args[1])} {quote(args[2])} {quoted(value)}\n"
         if sub == "UPSDESC" and len(args) == 2:
             self._unit(args[1])
             return f"UPSDESC {quote(args[1])} {quote('served by facility-agent')}\n"
@@ -245,7 +262,8 @@ class NutFace:
             return _block(["UPS"], lines)
         if sub == "VAR" and len(args) == 2:
             ups = quote(args[1])
-            lines = [f"VAR {ups} {quote(k)} {quote(v)}" for k, v in self.variables(args[1]).items()]
+            variables = self.variables(args[1]).items()
+            lines = [f"VAR {ups} {quote(k)} {quoted(v)}" for k, v in variables]
             return _block(["VAR", ups], lines)
         if sub in ("RW", "CMD") and len(args) == 2:
             self._unit(args[1])
