@@ -245,3 +245,26 @@ shutdown:
     assert sshd_server.asked == ["echo from-site"]
     with pytest.raises(ValueError, match="undo: is a device action"):
         StepConfig.model_validate({"ssh": step.ssh, "undo": "power_on"})
+
+
+def test_connect_timeout_on_a_host_that_never_answers(sshd_server: Sshd, tmp_path: Path) -> None:
+    """A port that accepts and then says nothing (a hung host): the step fails after
+    connect_timeout, naming the host, instead of hanging for the step's timeout."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{port} {' '.join(sshd_server.host_pub.split()[:2])}\n")
+        step = ssh_step(
+            sshd_server, tmp_path, ["true"], known_hosts_file=known, port=port, connect_timeout=1
+        )
+        started = time.monotonic()
+        ok, detail = run_step(step)
+        took = time.monotonic() - started
+    assert not ok
+    assert detail.startswith(f"root@127.0.0.1:{port}:"), detail
+    assert detail.endswith("no connection within 1 s"), detail
+    assert took < 10, took
