@@ -11,6 +11,7 @@ from .config import SiteConfig, TrapsConfig
 from .driver import Driver
 from .faults import Faults, part_name
 from .model import DeviceState, Event, Severity, utcnow
+from .nut_face.server import NutFace
 from .policy.engine import PolicyEngine
 from .poller import DevicePoller, PollFailed, PollOk, PollOutcome
 from .registry import driver_class
@@ -66,6 +67,7 @@ class Agent:
         self.heartbeat = config.mqtt.heartbeat if config.mqtt else 60.0
         self.policy: PolicyEngine | None = None
         self.traps: TrapListener | None = None
+        self.nut_face: NutFace | None = None
         #: Drill runs journal as drills and may skip hooks (`facility-agent drill --dry-run`).
         self.drill = False
         self.dry_run = False
@@ -105,12 +107,19 @@ class Agent:
         self._tasks.append(self.supervisor.spawn("heartbeat", self._heartbeat))
         if self.config.traps is not None:
             await self._start_traps(self.config.traps)
+        # A dry run touches nothing: no face, so no secondary can see a drill's FSD.
+        if self.config.nut_server is not None and not self.dry_run:
+            self.nut_face = NutFace(self.config.nut_server, self.state.all, self._secondaries_fsd)
+            await self.nut_face.start()
         log.info(
             "agent for site %s started: %d device(s), %d sink(s)",
             self.config.site,
             len(self.drivers),
             len(self.sinks),
         )
+
+    def _secondaries_fsd(self) -> bool:
+        return self.policy is not None and self.policy.secondaries_fsd
 
     def new_policy_engine(self) -> PolicyEngine:
         """The policy engine for the current config, journaling under the state directory."""
@@ -138,6 +147,9 @@ class Agent:
         if self.traps is not None:
             await self.traps.stop()
             self.traps = None
+        if self.nut_face is not None:
+            await self.nut_face.stop()
+            self.nut_face = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

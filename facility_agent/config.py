@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from .driver import DeviceConfig, Driver
+from .nut_face.config import NutServerConfig
 from .output_config import (
     HomeAssistantConfig,
     InfluxConfig,
@@ -148,6 +149,8 @@ class SiteConfig(PolicyConfig):
     notify: list[NotifyRoute] | None = None
     #: The durable outbox under MQTT, InfluxDB and chat (output_config.py).
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
+    #: The agent's own read-only NUT face for upsmon secondaries (nut_face/; docs/policy.md).
+    nut_server: NutServerConfig | None = None
     # The policy keys (topology, groups, hooks, shutdown, recovery) come from PolicyConfig.
 
     @property

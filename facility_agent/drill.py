@@ -124,7 +124,11 @@ def point_at_simulator(site: SiteConfig, info: Any) -> tuple[SiteConfig, list[st
             skipped.append(dev.id)
         else:
             devices.append(mapped)
-    return site.model_copy(update={"devices": devices}), skipped
+    update: dict[str, Any] = {"devices": devices}
+    if site.nut_server is not None:
+        # A drill's FSD must never reach the site's real secondaries: a free loopback port.
+        update["nut_server"] = site.nut_server.model_copy(update={"listen": "127.0.0.1:0"})
+    return site.model_copy(update=update), skipped
 
 
 def _map_device(dev: DeviceConfig, ports: dict[str, int], info: Any) -> DeviceConfig | None:
@@ -232,19 +236,21 @@ HOST_POWER_VERBS = frozenset({"poweroff", "halt", "reboot", "kexec", "suspend", 
 
 
 def host_power_steps(site: SiteConfig) -> list[str]:
-    """The plan's `run:` steps that would power this box off (`systemctl poweroff` ...)."""
+    """The plan's `run:` steps that would power this box off (`systemctl poweroff` ...), and
+    its `ssh:` steps that would power a remote host off."""
     found = []
     for section in (site.shutdown, site.recovery):
         for stage in section.stages if section else []:
             for step in stage.steps:
-                argv = step.run or []
+                argv = step.run or (step.ssh.run if step.ssh else [])
                 if not argv:
                     continue
                 program = Path(argv[0]).name
                 if program in HOST_POWER_PROGRAMS or (
                     program == "systemctl" and HOST_POWER_VERBS & set(argv[1:])
                 ):
-                    found.append(f"stage {stage.name}: {' '.join(argv)}")
+                    on = f"ssh {step.ssh.host}: " if step.ssh else ""
+                    found.append(f"stage {stage.name}: {on}{' '.join(argv)}")
     return found
 
 

@@ -39,7 +39,10 @@ OTHER_EVENTS: tuple[tuple[str, str, str, str], ...] = (
     ("recovery.started", "info", "policy", "power back and stable: recovery begins"),
     ("recovery.step", "info/warning", "policy", "one recovery step ended"),
     ("recovery.completed", "info", "policy", "the site is back"),
-    ("recovery.failed", "critical", "policy", "a recovery step failed after its retries"),
+    ("recovery.failed", "critical", "policy", "a recovery step failed after its retries, or "
+     "recovery raised (data: `error`)"),
+    ("ssh.host_key_changed", "critical", "policy", "an `ssh:` step's host offered a key that "
+     "does not match known_hosts: refused, nothing sent (device: the host)"),
     ("hook.ok", "info", "policy", "a hook ran and exited 0"),
     ("hook.failed", "warning", "policy", "a hook failed, timed out or could not start"),
     ("trap.received", "per profile", "traps", "an SNMP trap no profile names"),

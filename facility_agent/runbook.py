@@ -145,6 +145,12 @@ def step_kind(step: StepConfig) -> str:
         return "command " + " ".join(step.run or [])
     if step.kind == "device":
         return f"device action `{step.action}` on {step.device}"
+    if step.ssh is not None:
+        t = step.ssh
+        return (
+            f"ssh {t.where}: {' '.join(t.run)} (host key {t.known_hosts}, success: {t.success}, "
+            f"connect within {t.connect_timeout:g} s)"
+        )
     return "wait"
 
 
@@ -391,7 +397,8 @@ def _stages(
             rows.append(
                 [
                     f"{si + 1 + offset}. {stage.name}"
-                    + (" (no return)" if stage.no_return else ""),
+                    + (" (no return)" if stage.no_return else "")
+                    + (" (FSD to NUT secondaries)" if stage.notify_nut_secondaries else ""),
                     step.label,
                     step_kind(step),
                     secs(step_estimate(step))

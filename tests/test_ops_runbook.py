@@ -116,7 +116,14 @@ def test_reference_is_generated_and_current() -> None:
     # Every event type the engine, agent and trap listener raise is in it, and vice versa.
     sources = "".join(
         (ROOT / "facility_agent" / f).read_text()
-        for f in ("policy/engine.py", "state.py", "agent.py", "traps.py", "model.py")
+        for f in (
+            "policy/engine.py",
+            "state.py",
+            "agent.py",
+            "traps.py",
+            "model.py",
+            "actions/ssh_hosts.py",
+        )
     )
     for kind, *_ in reference.OTHER_EVENTS:
         assert f'"{kind}"' in sources, kind

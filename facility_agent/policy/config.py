@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..actions.ssh_config import SshTarget
 from ..units import Duration, Identifier
 
 
@@ -113,6 +114,8 @@ class StepConfig(_Section):
     action: str | None = None
     params: dict[str, str] = Field(default_factory=dict)
     wait: Duration | None = None
+    #: A command on a remote host over SSH (actions/ssh_config.py; docs/policy.md).
+    ssh: SshTarget | None = None
     timeout: Duration = 120.0
     #: Action run on the same device to bring back what this step stopped (`power_on` after
     #: `soft_off`), when a plan is cancelled or recovery runs.
@@ -134,21 +137,35 @@ class StepConfig(_Section):
 
     @model_validator(mode="after")
     def _one_kind(self) -> StepConfig:
-        kinds = [self.run is not None, self.device is not None, self.wait is not None]
+        kinds = [
+            self.run is not None,
+            self.device is not None,
+            self.wait is not None,
+            self.ssh is not None,
+        ]
         if sum(kinds) != 1:
-            raise ValueError("a step is exactly one of: run: [argv], device: + action:, wait:")
+            raise ValueError(
+                "a step is exactly one of: run: [argv], device: + action:, wait:, ssh:"
+            )
         if self.device is not None and not self.action:
             raise ValueError("a device step needs an action")
         if self.run is not None and not self.run:
             raise ValueError("run: needs at least the program")
         if self.env and self.run is None:
             raise ValueError("env: only applies to a run: step")
+        if self.undo and self.ssh is not None:
+            raise ValueError(
+                "undo: is a device action; a host an ssh: step stopped comes back by its BMC "
+                "(a recovery step such as device: srv-01, action: power_on)"
+            )
         return self
 
     @property
     def kind(self) -> str:
         if self.run is not None:
             return "run"
+        if self.ssh is not None:
+            return "ssh"
         return "device" if self.device is not None else "wait"
 
     @property
@@ -157,6 +174,8 @@ class StepConfig(_Section):
             return self.name
         if self.run is not None:
             return " ".join(self.run)
+        if self.ssh is not None:
+            return f"ssh {self.ssh.host}: {' '.join(self.ssh.run)}"
         if self.device is not None:
             return f"{self.device} {self.action}"
         return f"wait {self.wait:g} s"
@@ -177,6 +196,9 @@ class StageConfig(_Section):
     #: From this stage on the plan is no longer cancelled when power returns (the UPS is told
     #: to cut its output, say): what follows is recovery's job.
     no_return: bool = False
+    #: When this stage begins, the agent's NUT face (`nut_server:`) raises FSD on every UPS:
+    #: the upsmon secondaries listening to it shut their hosts down now, in the plan's order.
+    notify_nut_secondaries: bool = False
 
 
 class LowBatteryTrigger(_Section):

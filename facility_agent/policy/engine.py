@@ -507,6 +507,7 @@ class PolicyEngine:
             self.drivers,
             {"site": self.site, "type": "shutdown.started", "reason": reason},
             self.dry_run,
+            self._alert,
         )
         self.plan = PlanRunner(self.journal, run_id, sd.stages, ctx, self._plan_step)
         self.recovery_pending = False
@@ -582,6 +583,19 @@ class PolicyEngine:
                 run=run_id,
             )
         self._plan_ended()
+
+    def _alert(self, target: str, kind: str, message: str) -> None:
+        """A critical event from inside a step, naming its target (a changed SSH host key)."""
+        self._emit(target, kind, Severity.CRITICAL, message)
+
+    @property
+    def secondaries_fsd(self) -> bool:
+        """True while the NUT face must show FSD: a running (or completed) plan has reached a
+        `notify_nut_secondaries` stage. A plan cancelled before that stage never shows it."""
+        plan = self.plan
+        if plan is None or not plan.secondaries_notified:
+            return False
+        return self.plan_task is not None or self.site_down
 
     def _plan_ended(self, completed: bool = False) -> None:
         self.site_down = completed

@@ -44,6 +44,8 @@ class StepContext:
     drivers: Mapping[str, Driver]
     event: Mapping[str, Any] = field(default_factory=dict)
     dry_run: bool = False
+    #: (target, event type, message): a critical event from inside a step (a changed host key).
+    alert: Callable[[str, str, str], None] | None = None
 
 
 async def execute_step(
@@ -64,6 +66,14 @@ async def execute_step(
         if result.output.strip():
             detail += ": " + result.output.strip().splitlines()[-1][:200]
         return result.ok, detail
+    if step.kind == "ssh":
+        assert step.ssh is not None
+        if ctx.dry_run:
+            return True, f"dry run: would run on {step.ssh.where}: " + " ".join(step.ssh.run)
+        from ..actions.ssh_hosts import run_ssh
+
+        remote = await run_ssh(step.ssh, step.timeout, ctx.alert)
+        return remote.ok, remote.detail
     assert step.device is not None
     name = action or step.action or ""
     driver = ctx.drivers.get(step.device)
@@ -101,6 +111,8 @@ class PlanRunner:
         self.stage = 0
         self.failed = False
         self.no_return_reached = False
+        #: A stage with `notify_nut_secondaries` has begun: the NUT face shows FSD.
+        self.secondaries_notified = False
 
     @property
     def past_no_return(self) -> bool:
@@ -115,10 +127,10 @@ class PlanRunner:
         for si, stage in enumerate(self.stages):
             finished = ("done", "failed", "interrupted")
             if resume and all(done.get((si, ti)) in finished for ti in range(len(stage.steps))):
-                self.no_return_reached = self.no_return_reached or stage.no_return
+                self._reach(stage)
                 continue
             self.stage = si
-            self.no_return_reached = self.no_return_reached or stage.no_return
+            self._reach(stage)
             await self.journal.durable(self.journal.reach_stage(self.run_id, si))
             results = await asyncio.gather(
                 *(
@@ -131,6 +143,10 @@ class PlanRunner:
                 log.warning("stage %r of the plan stopped on a failed step", stage.name)
                 return False
         return not self.failed
+
+    def _reach(self, stage: StageConfig) -> None:
+        self.no_return_reached = self.no_return_reached or stage.no_return
+        self.secondaries_notified = self.secondaries_notified or stage.notify_nut_secondaries
 
     async def _step(self, si: int, ti: int, step: StepConfig, before: str | None) -> bool:
         if before in ("done", "failed"):

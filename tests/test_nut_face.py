@@ -1,0 +1,303 @@
+"""The agent's NUT face against Debian's real NUT clients: upsc, upscmd -l, upsrw -l, and
+upsmon as a secondary that must shut down exactly once, at the plan's notify stage, never on a
+flap. The UPS units are in-process drivers whose power the test controls."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from facility_agent import agent as agent_module
+from facility_agent.agent import Agent
+from facility_agent.config import parse_site
+from facility_agent.driver import Driver
+from facility_agent.model import Sample, utcnow
+from tests.fixtures.procs import Proc, free_port, require_binary
+
+WORLD: dict[str, dict[str, Any]] = {}
+
+
+class WorldDriver(Driver):
+    name = "world"
+
+    async def poll(self) -> Sample:
+        dev = WORLD[self.config.id]
+        return Sample(self.config.id, utcnow(), tuple(dev["status"].split()), dict(dev["metrics"]))
+
+    async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
+        return f"{action} done"
+
+
+@pytest.fixture(autouse=True)
+def _world(monkeypatch: pytest.MonkeyPatch) -> None:
+    WORLD.clear()
+    for ups in ("ups-a", "ups-b"):
+        WORLD[ups] = {
+            "status": "OL",
+            "metrics": {"battery.charge": 100, "battery.runtime": 3000, "ups.model": "Lab 1500"},
+        }
+    monkeypatch.setattr(agent_module, "driver_class", lambda name: WorldDriver)
+
+
+def site(tmp_path: Path, port: int) -> Any:
+    devices = [{"id": d, "driver": "world", "interval": 0.1, "jitter": 0} for d in WORLD]
+    return parse_site(
+        yaml.safe_dump(
+            {
+                "site": "lab1",
+                "state_dir": str(tmp_path / "state"),
+                "devices": devices,
+                "groups": [{"id": "ups", "members": list(WORLD), "hold": 0.1}],
+                "nut_server": {
+                    "listen": f"127.0.0.1:{port}",
+                    "users": [{"name": "secondary", "password": "s3cret-pw"}],
+                },
+                "shutdown": {
+                    "group": "ups",
+                    "triggers": {"on_battery_for": 0.3, "hold": 0.1, "runtime_margin": None},
+                    "cancel_after": 0.3,
+                    "cooldown": 1,
+                    "expected_duration": 10,
+                    "stages": [
+                        {"name": "apps", "steps": [{"wait": 4}]},
+                        {"name": "servers", "notify_nut_secondaries": True, "steps": [{"wait": 3}]},
+                        {"name": "last", "steps": [{"wait": 30}]},
+                    ],
+                },
+            }
+        ),
+        "site.yaml",
+        env={},
+        drivers=lambda: {"world": WorldDriver},
+    )
+
+
+def nut_client(tool: str, *args: str) -> str:
+    path = require_binary(tool)
+    done = subprocess.run([path, *args], capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def notified(path: Path, kind: str) -> set[str]:
+    """The UPS names (`ups-a`) upsmon's NOTIFYCMD was called with for this kind."""
+    return {
+        line.split()[1].split("@")[0]
+        for line in lines(path)
+        if line.startswith(kind + " ") and len(line.split()) > 1
+    }
+
+
+async def test_nut_clients_list_and_read(tmp_path: Path) -> None:
+    port = free_port()
+    agent = Agent(site(tmp_path, port), sinks=[])
+    await agent.start()
+    try:
+        await until(lambda: len(agent.state.all()) >= 2, 10, "first polls")
+        where = f"127.0.0.1:{port}"
+        listed = await asyncio.to_thread(nut_client, "upsc", "-l", where)
+        assert listed.split() == ["ups-a", "ups-b"]
+        allvars = await asyncio.to_thread(nut_client, "upsc", f"ups-a@{where}")
+        assert "battery.charge: 100" in allvars.splitlines()
+        assert "ups.status: OL" in allvars.splitlines()
+        assert "ups.model: Lab 1500" in allvars.splitlines()
+        one = await asyncio.to_thread(nut_client, "upsc", f"ups-b@{where}", "battery.runtime")
+        assert one.strip() == "3000"
+        cmds = await asyncio.to_thread(nut_client, "upscmd", "-l", f"ups-a@{where}")
+        assert "ups-a" in cmds
+        rw = await asyncio.to_thread(nut_client, "upsrw", "-l", f"ups-a@{where}")
+        assert "ups-a" not in rw or rw.strip() == ""  # read-only: nothing listed
+        # Nothing can be written, whoever asks.
+        refused = await asyncio.to_thread(
+            subprocess.run,
+            [
+                require_binary("upsrw"),
+                "-s",
+                "battery.charge=1",
+                "-u",
+                "secondary",
+                "-p",
+                "s3cret-pw",
+                f"ups-a@{where}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert refused.returncode != 0
+        assert (
+            "battery.charge: 100"
+            in (await asyncio.to_thread(nut_client, "upsc", f"ups-a@{where}")).splitlines()
+        )
+        WORLD["ups-a"]["status"] = "OB"
+        await until(lambda: agent.state.all()["ups-a"].status == ("OB",), 5, "OB")
+        one = await asyncio.to_thread(nut_client, "upsc", f"ups-a@{where}", "ups.status")
+        assert one.strip() == "OB"
+    finally:
+        await agent.stop()
+
+
+def start_upsmon(tmp: Path, port: int, procs: Callable[..., Proc]) -> tuple[Proc, Path, Path]:
+    upsmon = require_binary("/lib/nut/upsmon")
+    etc = tmp / "etc"
+    etc.mkdir(parents=True)
+    shut_log, notify_log = tmp / "shutdown.log", tmp / "notify.log"
+    shut = tmp / "shutdown.sh"
+    shut.write_text(f'#!/bin/sh\necho "$(date +%s.%N) shutdown" >> {shut_log}\n')
+    notify = tmp / "notify.sh"
+    notify.write_text(f'#!/bin/sh\necho "$NOTIFYTYPE $UPSNAME" >> {notify_log}\n')
+    for script in (shut, notify):
+        script.chmod(0o755)
+    flags = "ONLINE ONBATT LOWBATT FSD COMMOK COMMBAD SHUTDOWN NOCOMM"
+    conf = [
+        "RUN_AS_USER root",
+        *(f"MONITOR {u}@127.0.0.1:{port} 1 secondary s3cret-pw secondary" for u in WORLD),
+        "MINSUPPLIES 1",
+        f'SHUTDOWNCMD "{shut}"',
+        f"NOTIFYCMD {notify}",
+        *(f"NOTIFYFLAG {f} SYSLOG+EXEC" for f in flags.split()),
+        "POLLFREQ 1",
+        "POLLFREQALERT 1",
+        "DEADTIME 15",
+        "FINALDELAY 0",
+        f"POWERDOWNFLAG {tmp / 'killpower'}",
+    ]
+    (etc / "upsmon.conf").write_text("\n".join(conf) + "\n")
+    (etc / "upsmon.conf").chmod(0o600)
+    (tmp / "state").mkdir()
+    # Its own PID file: upsmon signals a "previous instance" it finds in the default one.
+    state = str(tmp / "state")
+    env = {"NUT_CONFPATH": str(etc), "NUT_STATEPATH": state, "NUT_ALTPIDPATH": state}
+    proc = procs([upsmon, "-F", "-u", "root"], tmp / "upsmon.log", env=env)
+    return proc, shut_log, notify_log
+
+
+async def test_upsmon_secondary_follows_the_plan(
+    tmp_path: Path, procs: Callable[..., Proc]
+) -> None:
+    port = free_port()
+    agent = Agent(site(tmp_path, port), sinks=[])
+    await agent.start()
+    upsmon, shut_log, notify_log = start_upsmon(tmp_path / "upsmon", port, procs)
+    try:
+        await until(
+            lambda: agent.nut_face is not None and len(agent.nut_face._clients) >= 2,
+            15,
+            "upsmon logged in",
+        )
+        # A flap: on battery long enough to start the plan, back before its notify stage.
+        for ups in WORLD.values():
+            ups["status"] = "OB"
+        await until(
+            lambda: agent.policy is not None and agent.policy.plan_task is not None,
+            10,
+            "plan started",
+        )
+        await until(lambda: notified(notify_log, "ONBATT") == set(WORLD), 10, "upsmon saw ONBATT")
+        for ups in WORLD.values():
+            ups["status"] = "OL"
+        await until(
+            lambda: agent.policy is not None and agent.policy.plan_task is None,
+            10,
+            "plan cancelled",
+        )
+        await until(lambda: notified(notify_log, "ONLINE") == set(WORLD), 10, "upsmon saw ONLINE")
+        await asyncio.sleep(3)  # three upsmon polls: nothing may follow
+        assert lines(shut_log) == []
+        assert notified(notify_log, "FSD") == set()
+
+        # The real outage: the plan runs to its notify stage, and only then upsmon acts.
+        for ups in WORLD.values():
+            ups["status"] = "OB"
+        await until(
+            lambda: (
+                agent.policy is not None
+                and agent.policy.plan is not None
+                and agent.policy.plan.stage == 1
+            ),
+            20,
+            "the notify stage",
+        )
+        reached = time.time()
+        await until(lambda: lines(shut_log) != [], 15, "SHUTDOWNCMD")
+        assert float(lines(shut_log)[0].split()[0]) >= reached - 0.5
+        await asyncio.sleep(3)
+        assert len(lines(shut_log)) == 1, lines(shut_log)
+        assert notified(notify_log, "FSD") == set(WORLD)
+        assert "s3cret-pw" not in upsmon.output()
+    finally:
+        await agent.stop()
+
+
+async def test_login_rules_stale_data_and_nothing_writable() -> None:
+    from facility_agent.model import DeviceState
+    from facility_agent.nut_face.config import NutServerConfig
+    from facility_agent.nut_face.server import NutFace
+
+    states = {
+        "ups-a": DeviceState("ups-a", "world", utcnow(), "ok", ("OL",), {"battery.charge": 97.5}),
+        "ups-b": DeviceState("ups-b", "world", utcnow(), "lost", ("OB",), {}),
+        "srv-01": DeviceState("srv-01", "world", utcnow(), "ok", ("POWER_ON",), {}),
+    }
+    config = NutServerConfig.model_validate(
+        {"listen": "127.0.0.1:0", "users": [{"name": "mon", "password": "good"}]}
+    )
+    face = NutFace(config, lambda: states, lambda: False)
+    await face.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", face.port)
+
+        async def ask(line: str) -> str:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            return (await reader.readline()).decode().strip()
+
+        assert await ask("GET VAR ups-a battery.charge") == 'VAR ups-a battery.charge "97.5"'
+        assert await ask("GET VAR ups-b ups.status") == "ERR DATA-STALE"
+        assert await ask("GET VAR srv-01 ups.status") == "ERR UNKNOWN-UPS"
+        assert await ask("GET VAR ups-a nope") == "ERR VAR-NOT-SUPPORTED"
+        assert await ask("LOGIN ups-a") == "ERR USERNAME-REQUIRED"
+        assert await ask("USERNAME mon") == "OK"
+        assert await ask("USERNAME again") == "ERR ALREADY-SET-USERNAME"
+        assert await ask("PASSWORD bad") == "OK"
+        assert await ask("LOGIN ups-a") == "ERR ACCESS-DENIED"
+        for refused in ("SET VAR ups-a battery.charge 1", "INSTCMD ups-a beeper.off", "FSD ups-a"):
+            assert await ask(refused) == "ERR ACCESS-DENIED"
+        assert await ask("STARTTLS") == "ERR FEATURE-NOT-CONFIGURED"
+        assert await ask("LIST UPS") == "BEGIN LIST UPS"
+        assert await reader.readline() == b'UPS ups-a "served by facility-agent"\n'
+        assert await reader.readline() == b'UPS ups-b "served by facility-agent"\n'
+        assert await reader.readline() == b"END LIST UPS\n"
+        # A request line beyond the limit closes the connection.
+        writer.write(b"GET " + b"x" * 5000 + b"\n")
+        await writer.drain()
+        assert await reader.read() == b""
+        writer.close()
+        _, writer = await asyncio.open_connection("127.0.0.1", face.port)
+        r2, w2 = await asyncio.open_connection("127.0.0.1", face.port)
+        w2.write(b"USERNAME mon\nPASSWORD good\nLOGIN ups-a\nGET NUMLOGINS ups-a\nLOGOUT\n")
+        await w2.drain()
+        replies = (await r2.read()).decode().splitlines()
+        assert replies == ["OK", "OK", "OK", "NUMLOGINS ups-a 1", "OK Goodbye"]
+        writer.close()
+    finally:
+        await face.stop()
