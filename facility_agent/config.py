@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import site_yaml
 from .driver import DeviceConfig, Driver
 from .output_config import (
     HomeAssistantConfig,
@@ -280,13 +281,10 @@ def parse_site(
 ) -> SiteConfig:
     """Validate a whole site file; raises ConfigError listing every problem."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) if root is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {problem}", line)]) from None
+        root, data = site_yaml.load(text)
+    except site_yaml.SiteYamlError as exc:
+        problems = [ConfigProblem(format_loc(loc), msg, line) for loc, msg, line in exc.problems]
+        raise ConfigError(source, problems) from None
     lines = _Lines(root)
     errors: list[tuple[Loc, str]] = []
     if not isinstance(data, dict):
