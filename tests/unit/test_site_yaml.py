@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from facility_agent.config import ConfigError, parse_site
-from facility_agent.site_yaml import MAX_DEPTH, MAX_NODES
+from facility_agent.site_yaml import MAX_DEPTH, MAX_EXPANSION
 
 SITE = """\
 site:
@@ -76,8 +76,8 @@ def billion_laughs(levels: int = 9) -> str:
 
 def test_billion_laughs_is_refused() -> None:
     [problem] = problems(billion_laughs())
-    assert f"aliases expand to more than {MAX_NODES} values" in problem
-    assert "(line 6)" in problem  # a5: the first level past the bound
+    assert f"aliases expand the file by more than {MAX_EXPANSION} values" in problem
+    assert "a3 (line 4)" in problem  # 10^4 values: the first level past the bound
 
 
 def test_an_alias_inside_its_own_anchor_is_refused() -> None:
@@ -108,12 +108,14 @@ def test_nesting_through_aliases_is_refused() -> None:
         ("a: 2024-13-45\n", "month must be in 1..12"),
         ("? [a]\n: 1\n", "unhashable key"),
         ("a: !!python/object:os.system x\n", "could not determine a constructor"),
-        ("a: \x00\n", "special characters are not allowed"),
+        ("site:\n  name: \x00\n", "character #x0000 is not allowed"),
     ],
 )
 def test_construction_errors_are_site_file_errors(text: str, why: str) -> None:
     [problem] = problems(text)
     assert "not valid YAML" in problem and why in problem
+    if "#x0000" in why:
+        assert "(line 2)" in problem
 
 
 def test_check_reports_duplicates_without_a_traceback(tmp_path: Path) -> None:
