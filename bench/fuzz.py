@@ -10,7 +10,8 @@ a Modbus RTU or TCP frame, an IPMI SEL entry or SDR record, a site file), then m
 them (flip, insert, delete, duplicate, truncate, splice boundary values), and feeds each one
 through the real parsing code. Only the documented typed errors may come out of it:
 
-    nut     drivers/nut_protocol.py reply parsing            -> DeviceError and subclasses
+    nut     drivers/nut_protocol.py reply parsing, and nut_client's line buffer and LIST
+            reading on chunked byte streams                  -> DeviceError and subclasses
     snmp    facility_wire.ber (driver and simulator sides)   -> BerError
             the trap path: pysnmp's decoder, then TrapListener.handle -> PyAsn1Error (pysnmp
             drops such a datagram) or pyasn1's own bugs (the listener's guard drops those,
@@ -33,6 +34,7 @@ Deterministic: every target draws from `random.Random(seed)`; `--seed` changes i
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import gc
 import json
@@ -46,7 +48,7 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -284,6 +286,7 @@ def fuzz(target: Target, inputs: int, seed: int, deadline: float | None = None) 
 
 def nut_target() -> Target:
     from facility_agent.driver import DeviceError
+    from facility_agent.drivers import nut_client
     from facility_agent.drivers import nut_protocol as proto
 
     names = ["battery.charge", "ups.status", "input.voltage", "ups.mfr", "x" * 300, ""]
@@ -317,11 +320,63 @@ def nut_target() -> Target:
             return f"CMD {ups} {rng.choice(['beeper.off', 'test.battery.start'])}"
         return "".join(chr(rng.randrange(0x20, 0x7F)) for _ in range(rng.randrange(40)))
 
-    def generate(rng: random.Random) -> bytes:
-        raw = line(rng).encode()
-        return raw if rng.random() < 0.2 else mutate_bytes(rng, raw)
+    def listing(rng: random.Random) -> bytes:
+        rows = [
+            f'VAR ups {rng.choice(names)} "{rng.choice(values)}"' for _ in range(rng.randrange(30))
+        ]
+        if rng.random() < 0.3:
+            rows.insert(rng.randrange(len(rows) + 1), line(rng))
+        text = "\n".join(["BEGIN LIST VAR ups", *rows, "END LIST VAR ups"]) + "\n"
+        return (text.replace("\n", "\r\n") if rng.random() < 0.2 else text).encode()
 
-    def run(raw: bytes) -> None:
+    def generate(rng: random.Random) -> tuple[str, bytes, int]:
+        if rng.random() < 0.3:
+            raw = listing(rng)
+            chunk = rng.choice([1, 7, 64, 4096])
+            return "list", raw if rng.random() < 0.2 else mutate_bytes(rng, raw), chunk
+        raw = line(rng).encode()
+        return "line", raw if rng.random() < 0.2 else mutate_bytes(rng, raw), 0
+
+    loop = asyncio.new_event_loop()
+    notes: dict[str, int] = {"lists_read": 0}
+
+    class _Transport:
+        """Enough of a transport for the client's line protocol: bytes come from the fuzzer."""
+
+        def pause_reading(self) -> None:
+            pass
+
+        def is_closing(self) -> bool:
+            return False
+
+        def write(self, data: bytes) -> None:
+            pass
+
+        def abort(self) -> None:
+            pass
+
+    async def read_list(raw: bytes, chunk: int) -> None:
+        # The client's own stream handling: its line buffer (max line, CR, bad UTF-8) and the
+        # LIST VAR state machine (echoed query, footer, line limit), on bytes in `chunk`s.
+        client = nut_client.NutClient("fuzz", max_line=512, max_list_lines=64)
+        conn = nut_client._LineProtocol("fuzz", 512)
+        conn.transport = cast(Any, _Transport())
+        for i in range(0, len(raw), chunk):
+            conn.data_received(raw[i : i + chunk])
+        conn.eof_received()
+        client._conn = conn
+        rows = await client._list(("VAR", "ups"), 2)
+        notes["lists_read"] += 1
+        for row in rows:
+            proto.convert_value(row[1])
+
+    def run(item: tuple[str, bytes, int]) -> None:
+        kind, raw, chunk = item
+        if kind == "list":
+            # _Refused: an ERR reply, which the client's _call raises as the mapped DeviceError.
+            with contextlib.suppress(nut_client._Refused):
+                loop.run_until_complete(read_list(raw, chunk))
+            return
         # What the client's readline hands on: one line, CR stripped, undecodable bytes replaced.
         text = raw.split(b"\n")[0].rstrip(b"\r").decode("utf-8", errors="replace")
         words = proto.split_line(text)
@@ -343,7 +398,7 @@ def nut_target() -> Target:
             with contextlib.suppress(ValueError):  # CR/LF/NUL: refused by design, never sent
                 proto.quote(w)
 
-    return Target("nut", generate, run, (DeviceError,))
+    return Target("nut", generate, run, (DeviceError,), notes)
 
 
 # ---- SNMP -------------------------------------------------------------------------------------
