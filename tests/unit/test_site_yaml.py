@@ -132,3 +132,10 @@ def test_check_reports_duplicates_without_a_traceback(tmp_path: Path) -> None:
         )
         out = run.stdout + run.stderr
         assert run.returncode != 0 and expected in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("driver", ["snmp", "modbus"])
+def test_a_profile_name_too_long_for_the_file_system_is_a_site_error(driver: str) -> None:
+    """Found by bench/fuzz.py: ENAMETOOLONG from the bundled-profile lookup was a traceback."""
+    text = f"devices: [{{id: a, driver: {driver}, host: h, profile: up{'9' * 300}}}]\n"
+    assert any("devices[0].profile (line 1)" in p and "profile" in p for p in problems(text))
