@@ -773,6 +773,9 @@ FOUND = [
     "some mangled varbinds; pysnmp only catches PyAsn1Error, so each such datagram reached "
     "asyncio as an 'Exception in callback' traceback. TrapListener now drops and counts them "
     "(`stats.malformed`); the cause is in pyasn1, not ours to patch.",
+    "yaml: a bundled-profile name too long for the file system (`profile: up999...`) made "
+    "the profile lookup raise OSError (ENAMETOOLONG) through validation as a traceback: "
+    "63 of the first million inputs. snmp_profile and modbus_profile now say 'no such profile'.",
     "yaml: a few thousand unclosed `[` cost PyYAML's scanner 0.4 s before its first event (it "
     "re-checks one possible simple key per open bracket at every token): a bracket pre-scan "
     "refuses nesting beyond 64 first.",

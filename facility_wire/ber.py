@@ -119,7 +119,7 @@ def check_oid(oid: Oid) -> None:
         raise BerError(f"an OID has 2 to {MAX_ARCS} arcs, not {len(oid)}")
     if oid[0] not in (0, 1, 2) or (oid[0] < 2 and oid[1] >= 40):
         raise BerError(f"bad first arcs {oid[0]}.{oid[1]}")
-    if any(not 0 <= arc <= MAX_ARC for arc in oid):
+    if min(oid) < 0 or max(oid) > MAX_ARC:
         raise BerError("an OID arc is out of range 0..2^32-1")
 
 
