@@ -833,6 +833,11 @@ def render(results: list[dict[str, Any]]) -> list[str]:
         "Runs, on the shared 2-core machine while other work ran (so inputs/s are low and "
         "wall-clock maxima include waiting for a core): " + "; ".join(runs) + ".",
         "",
+        "Memory: no input allocated more than a fraction of a MB. The slow RSS rise of nut "
+        "and yaml (2 and 3.5 MB over the million) is of the order of tracemalloc's own "
+        "switching (~1.8 MB per 1,000 switches here): 200,000 NUT inputs without tracemalloc "
+        "rose 0.3 MB (35.2 -> 35.5), with it every 100th input 3.3 MB.",
+        "",
         "Coverage counters: " + "; ".join(notes) + ".",
         "",
         "Found and fixed at the cause while the fuzzer was written:",
