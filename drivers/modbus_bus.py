@@ -84,6 +84,25 @@ def frame_gap(baudrate: int, bytesize: int = 8, parity: str = "N", stopbits: flo
     return 3.5 * char_bits(bytesize, parity, stopbits) / baudrate
 
 
+def guard_framer(framer: Any) -> None:
+    """Make a pymodbus framer take a frame it cannot decode as garbage instead of raising.
+
+    pymodbus 3.16's framers raise ModbusIOException on some garbled frames ("Unable to decode
+    request": a TCP frame with an unknown function code, found by bench/fuzz.py). That happens
+    inside the transport's data_received, where asyncio logs a traceback and drops the
+    connection. Consumed without a PDU, the frame instead leaves the request unanswered, and
+    the link reports a garbled reply (see `_classify_silence`)."""
+    inner = framer.handleFrame
+
+    def handle(data: bytes, exp_devid: int, exp_tid: int) -> tuple[int, Any]:
+        try:
+            return inner(data, exp_devid, exp_tid)  # type: ignore[no-any-return]
+        except ModbusException:
+            return len(data), None
+
+    framer.handleFrame = handle
+
+
 @dataclass(frozen=True)
 class SerialParams:
     port: str
@@ -150,6 +169,7 @@ class ModbusLink:
             inner(data, addr)
 
         setattr(proto, "datagram_received", counted)  # noqa: B010 - patching an instance method
+        guard_framer(proto.framer)
 
     def _new_client(self) -> AsyncModbusSerialClient | AsyncModbusTcpClient:
         p = self.params
@@ -234,8 +254,15 @@ class ModbusLink:
                 return await c.read_coils(address, count=count, device_id=unit)
             return await c.read_discrete_inputs(address, count=count, device_id=unit)
 
+        rr = await self._request(unit, f"read {table} {address}+{count}", call)
+        return self.check_read(unit, table, address, count, rr)
+
+    def check_read(
+        self, unit: int, table: Table, address: int, count: int, rr: Any
+    ) -> list[int] | list[bool]:
+        """The values of a read reply that pymodbus accepted, or a ProtocolError; no I/O, so the
+        fuzzer (bench/fuzz.py) drives it with every frame pymodbus lets through."""
         what = f"read {table} {address}+{count}"
-        rr = await self._request(unit, what, call)
         if isinstance(self.params, SerialParams):
             # pymodbus takes the first valid frame and ignores what trails it; on a shared line
             # trailing bytes mean a unit talking out of turn or a broken frame: not trusted.

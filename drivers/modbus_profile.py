@@ -397,7 +397,11 @@ def load_profile(name_or_path: str) -> Profile:
             raise ProfileError(f"profile {path}: cannot read: {exc.strerror}") from None
     else:
         res = resources.files("facility_agent.data.profiles").joinpath(f"{name_or_path}.yaml")
-        if not res.is_file():
+        try:
+            found = res.is_file()
+        except OSError:  # a name the file system refuses (ENAMETOOLONG, found by bench/fuzz.py)
+            found = False
+        if not found:
             known = ", ".join(bundled_profiles()) or "none"
             raise ProfileError(f"unknown profile {name_or_path!r} (bundled: {known})")
         text = res.read_text(encoding="utf-8")

@@ -291,6 +291,14 @@ def bundled_names() -> list[str]:
     return sorted(names)
 
 
+def _is_file(node: Any) -> bool:
+    """False, not OSError, for a name the file system refuses (ENAMETOOLONG: bench/fuzz.py)."""
+    try:
+        return bool(node.is_file())
+    except OSError:
+        return False
+
+
 @cache
 def load_profile(ref: str) -> Profile:
     """A bundled profile by stem (`apc-rpdu2`) or a YAML file by path; cached per process."""
@@ -303,7 +311,7 @@ def load_profile(ref: str) -> Profile:
     if not re.match(r"^[a-z0-9][a-z0-9_-]*$", ref):
         raise ProfileError(f"profile {ref!r}: not a profile name")
     node = resources.files("facility_agent.data.profiles").joinpath(f"{ref}.yaml")
-    if not node.is_file():
+    if not _is_file(node):
         names = ", ".join(bundled_names())
         raise ProfileError(f"no bundled profile {ref!r} (bundled: {names}; or give a file path)")
     return _parse(node.read_text(encoding="utf-8"), f"{ref}.yaml")

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from . import site_yaml
 from .driver import DeviceConfig, Driver
 from .nut_face.config import NutServerConfig
 from .output_config import (
@@ -319,18 +320,10 @@ def parse_site(
 ) -> SiteConfig:
     """Validate a whole site file; raises ConfigError listing every problem."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text) if root is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        if mark is not None and "\\t" in problem:
-            # PyYAML's "found character '\t' that cannot start any token"
-            problem = f"a tab at column {mark.column + 1}: indent with spaces, not tabs"
-        elif mark is not None:
-            problem += f" (column {mark.column + 1})"
-        raise ConfigError(source, [ConfigProblem("", f"not valid YAML: {problem}", line)]) from None
+        root, data = site_yaml.load(text)
+    except site_yaml.SiteYamlError as exc:
+        problems = [ConfigProblem(format_loc(loc), msg, line) for loc, msg, line in exc.problems]
+        raise ConfigError(source, problems) from None
     lines = _Lines(root)
     errors: list[tuple[Loc, str]] = []
     if not isinstance(data, dict):

@@ -100,6 +100,8 @@ class TrapStats:
     unknown_trap: int = 0
     #: Whose handling raised (logged with its traceback the first time).
     failed: int = 0
+    #: Datagrams pyasn1 failed on with something other than its own error (see start()).
+    malformed: int = 0
 
 
 @dataclass
@@ -184,9 +186,26 @@ class TrapListener:
                 kw["securityEngineId"] = h.OctetString(hexValue=user.engine_id)
             ecfg.add_v3_user(eng, user.user, **kw)
         ntfrcv.NotificationReceiver(eng, self._received)
+        self._guard(eng.message_dispatcher)
         eng.transport_dispatcher.job_started(1)
         self._engine = eng
         log.info("SNMP trap listener on %s:%d", host, self.port)
+
+    def _guard(self, dispatcher: Any) -> None:
+        """pysnmp drops a datagram pyasn1 rejects with PyAsn1Error, but pyasn1 also fails with
+        OverflowError or IndexError on some malformed BER (found by bench/fuzz.py); those went
+        up to asyncio as a traceback per datagram. Any such datagram is dropped and counted."""
+        inner = dispatcher.receive_message
+
+        def receive(*args: Any) -> Any:
+            try:
+                return inner(*args)
+            except Exception:
+                self.stats.malformed += 1
+                log.debug("traps: undecodable datagram dropped", exc_info=True)
+                return b""
+
+        dispatcher.receive_message = receive
 
     async def stop(self) -> None:
         if self._watch_task is not None:

@@ -7,10 +7,10 @@ file (`ups-a`, `pdu-a`, `ats-1`) and `switch` for the uplinks; an unknown commun
 without an answer, like a real agent. Benchmarks point hundreds of pollers at the one port.
 
 Each agent's OIDs are fixed when the face starts (the site's layout does not change); their
-values are read from the model at every request. Our own small BER codec keeps a request at a
-few tens of microseconds, so the simulator is never the bottleneck of a benchmark (pysnmp's
-responder costs milliseconds). Simulators never import the agent, so the codec here is the
-agent-side half only: decode requests, encode responses and SNMPv2 traps.
+values are read from the model at every request. A small BER codec keeps a request at a few tens
+of microseconds, so the simulator is never the bottleneck of a benchmark (pysnmp's responder
+costs milliseconds). It is `facility_wire.ber`, the driver's own codec: a leaf package that
+imports nothing of the agent, so simulators still never import the agent.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from facility_wire import ber
+from facility_wire.ber import BerError
+
 from .site import SimulatedSite, Ups
 
 log = logging.getLogger(__name__)
@@ -33,10 +36,20 @@ Oid = tuple[int, ...]
 Value = tuple[int, Any]
 Getter = Callable[["_Read"], Value]
 
-INTEGER, OCTETS, NULL, OBJID, SEQ = 0x02, 0x04, 0x05, 0x06, 0x30
-COUNTER32, GAUGE32, TIMETICKS = 0x41, 0x42, 0x43
-NO_SUCH_OBJECT, NO_SUCH_INSTANCE, END_OF_MIB = 0x80, 0x81, 0x82
-GET, GETNEXT, RESPONSE, GETBULK, TRAP2 = 0xA0, 0xA1, 0xA2, 0xA5, 0xA7
+INTEGER, OCTETS, NULL, OBJID, SEQ = (
+    ber.INTEGER,
+    ber.OCTET_STRING,
+    ber.NULL,
+    ber.OBJECT_ID,
+    ber.SEQUENCE,
+)
+COUNTER32, GAUGE32, TIMETICKS = ber.COUNTER32, ber.GAUGE32, ber.TIMETICKS
+NO_SUCH_OBJECT, NO_SUCH_INSTANCE, END_OF_MIB = (
+    ber.NO_SUCH_OBJECT,
+    ber.NO_SUCH_INSTANCE,
+    ber.END_OF_MIB_VIEW,
+)
+GET, GETNEXT, RESPONSE, GETBULK, TRAP2 = ber.GET, ber.GETNEXT, ber.RESPONSE, ber.GETBULK, ber.TRAP2
 #: Largest response we build; snmpd sends up to its max message size too.
 MAX_RESPONSE = 8000
 #: GETBULK rows served per request at most, whatever max-repetitions asks.
@@ -58,97 +71,23 @@ LINK_UP = (1, 3, 6, 1, 6, 3, 1, 1, 5, 4)
 ATS_SOURCE_SWITCHED, ATS_LOST_REDUNDANCY, ATS_REDUNDANCY_RESTORED = 126, 127, 128
 
 
-class BadPacket(ValueError):
-    """Not a v1/v2c request we can answer; the datagram is dropped."""
+# ---- BER, agent side (the codec is facility_wire.ber, shared with the driver) -------------
 
-
-# ---- BER, agent side ----------------------------------------------------------------------
-
-
-def _len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes((n,))
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((0x80 | len(body),)) + body
-
-
-def _tlv(tag: int, body: bytes) -> bytes:
-    return bytes((tag,)) + _len(len(body)) + body
-
-
-def _enc_int(value: int, tag: int = INTEGER) -> bytes:
-    signed = tag == INTEGER
-    if not signed:
-        value &= 0xFFFFFFFF
-    return _tlv(tag, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big", signed=signed))
-
-
-def _enc_oid(oid: Oid) -> bytes:
-    out = bytearray((oid[0] * 40 + oid[1],))
-    for arc in oid[2:]:
-        if arc < 0x80:
-            out.append(arc)
-            continue
-        parts = []
-        while arc:
-            parts.append(arc & 0x7F)
-            arc >>= 7
-        for i in range(len(parts) - 1, -1, -1):
-            out.append(parts[i] | (0x80 if i else 0))
-    return _tlv(OBJID, bytes(out))
+_REQUESTS = frozenset({GET, GETNEXT, GETBULK})
 
 
 def _enc_value(value: Value) -> bytes:
+    """The model's values fit the wire: counters wrap at 2^32, integers clamp to Integer32."""
     tag, raw = value
-    if tag in (INTEGER, COUNTER32, GAUGE32, TIMETICKS):
-        return _enc_int(int(raw), tag)
-    if tag == OCTETS:
-        return _tlv(OCTETS, raw.encode() if isinstance(raw, str) else bytes(raw))
-    if tag == OBJID:
-        return _enc_oid(raw)
-    return bytes((tag, 0))
+    if tag in (COUNTER32, GAUGE32, TIMETICKS):
+        return ber.enc_int(int(raw) & 0xFFFFFFFF, tag)
+    if tag == INTEGER:
+        return ber.enc_int(min(max(int(raw), -(2**31)), 2**31 - 1))
+    return ber.enc_value((tag, raw))
 
 
 def _enc_varbind(oid: Oid, value: Value) -> bytes:
-    return _tlv(SEQ, _enc_oid(oid) + _enc_value(value))
-
-
-def _hdr(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
-    if pos + 2 > end:
-        raise BadPacket("truncated")
-    tag, first = data[pos], data[pos + 1]
-    pos += 2
-    if first & 0x80:
-        n = first & 0x7F
-        if not 0 < n <= 4 or pos + n > end:
-            raise BadPacket("bad length")
-        length = int.from_bytes(data[pos : pos + n], "big")
-        pos += n
-    else:
-        length = first
-    if pos + length > end:
-        raise BadPacket("length beyond the packet")
-    return tag, pos, pos + length
-
-
-def _dec_int(data: bytes, start: int, stop: int) -> int:
-    if not 0 < stop - start <= 5:
-        raise BadPacket("bad integer")
-    return int.from_bytes(data[start:stop], "big", signed=True)
-
-
-def _dec_oid(body: bytes) -> Oid:
-    if not body or body[-1] & 0x80:
-        raise BadPacket("bad OID")
-    first = min(body[0] // 40, 2)
-    arcs = [first, body[0] - 40 * first]
-    value = 0
-    for b in body[1:]:
-        value = (value << 7) | (b & 0x7F)
-        if not b & 0x80:
-            arcs.append(value)
-            value = 0
-    return tuple(arcs)
+    return ber.tlv(SEQ, ber.enc_oid(oid) + _enc_value(value))
 
 
 @dataclass
@@ -163,50 +102,15 @@ class Request:
 
 
 def decode_request(data: bytes) -> Request:
-    end = len(data)
-    tag, s0, s1 = _hdr(data, 0, end)
-    if tag != SEQ:
-        raise BadPacket("not a sequence")
-    tag, v0, v1 = _hdr(data, s0, s1)
-    if tag != INTEGER:
-        raise BadPacket("no version")
-    version = _dec_int(data, v0, v1)
-    if version not in (0, 1):
-        raise BadPacket("not v1/v2c")
-    tag, c0, c1 = _hdr(data, v1, s1)
-    if tag != OCTETS:
-        raise BadPacket("no community")
-    pdu, p0, p1 = _hdr(data, c1, s1)
-    if pdu not in (GET, GETNEXT, GETBULK):
-        raise BadPacket("unsupported PDU")
-    fields = []
-    pos = p0
-    for _ in range(3):
-        tag, f0, f1 = _hdr(data, pos, p1)
-        if tag != INTEGER:
-            raise BadPacket("bad PDU header")
-        fields.append(_dec_int(data, f0, f1))
-        pos = f1
-    tag, l0, l1 = _hdr(data, pos, p1)
-    if tag != SEQ:
-        raise BadPacket("no varbind list")
-    oids = []
-    pos = l0
-    while pos < l1:
-        tag, b0, b1 = _hdr(data, pos, l1)
-        tag2, o0, o1 = _hdr(data, b0, b1)
-        if tag != SEQ or tag2 != OBJID:
-            raise BadPacket("bad varbind")
-        oids.append(_dec_oid(data[o0:o1]))
-        pos = b1
-    return Request(version, data[c0:c1], pdu, fields[0], fields[1], fields[2], oids)
+    """A GET, GETNEXT or GETBULK; anything else (or malformed) raises BerError."""
+    msg = ber.decode_message(data, _REQUESTS)
+    oids = [oid for oid, _ in msg.varbinds]
+    return Request(
+        msg.version, msg.community, msg.pdu_type, msg.request_id, msg.field1, msg.field2, oids
+    )
 
 
-def encode_message(
-    version: int, community: bytes, pdu: int, request_id: int, status: int, index: int, vbs: bytes
-) -> bytes:
-    body = _enc_int(request_id) + _enc_int(status) + _enc_int(index) + _tlv(SEQ, vbs)
-    return _tlv(SEQ, _enc_int(version) + _tlv(OCTETS, community) + _tlv(pdu, body))
+encode_message = ber.encode_message
 
 
 # ---- agents -------------------------------------------------------------------------------
@@ -619,7 +523,7 @@ class SnmpAgentFace:
         """The response datagram to one request, or None to stay silent."""
         try:
             req = decode_request(data)
-        except (BadPacket, IndexError):
+        except BerError:
             self.stats.dropped += 1
             return None
         agent = self.agents.get(req.community)
