@@ -171,6 +171,12 @@ class _Graph:
                 seen[ident] = line
 
 
+def _char_at(text: str, line: int, column: int) -> str:
+    """The character a parser error points at (libyaml's message does not name a tab)."""
+    lines = text.splitlines()
+    return lines[line][column] if line < len(lines) and column < len(lines[line]) else ""
+
+
 def load(text: str) -> tuple[yaml.Node | None, Any]:
     """The composed root node (for line numbers) and the data of one YAML document."""
     try:
@@ -184,7 +190,7 @@ def load(text: str) -> tuple[yaml.Node | None, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        if mark is not None and "\\t" in problem:
+        if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
             # "found character '\t' that cannot start any token": say what to do about it.
             problem = f"a tab at column {mark.column + 1}: indent with spaces, not tabs"
         elif mark is not None:
@@ -202,7 +208,7 @@ def load(text: str) -> tuple[yaml.Node | None, Any]:
         # ValueError: a timestamp like 2024-13-45, an int of more than 4300 digits.
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        if mark is not None and "\\t" in problem:
+        if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
             # "found character '\t' that cannot start any token": say what to do about it.
             problem = f"a tab at column {mark.column + 1}: indent with spaces, not tabs"
         elif mark is not None:
