@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.ipmi",
     "tests.fixtures.outputs",
     "tests.fixtures.threads",
+    "tests.fixtures.podman",
 ]
 
 

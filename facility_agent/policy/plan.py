@@ -12,10 +12,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..actions import containers, libvirt_guests
 from ..actions.hooks import run_hook
+from ..actions.targets import TargetLog, stopped_by
 from ..driver import Driver
 from .config import StageConfig, StepConfig
 from .journal import Journal
@@ -44,6 +46,40 @@ class StepContext:
     drivers: Mapping[str, Driver]
     event: Mapping[str, Any] = field(default_factory=dict)
     dry_run: bool = False
+    #: The journal and (run, stage, step) of the step being run: vm:/containers: steps journal
+    #: each of their targets there.
+    journal: Journal | None = None
+    position: tuple[int, int, int] | None = None
+
+
+#: The action of the recovery copy of a vm:/containers: step (`params: {of: run:stage:step}`).
+START = "start"
+
+
+def start_copy(step: StepConfig, position: tuple[int, int, int]) -> StepConfig:
+    """The recovery step that starts again what `step` stopped in the run at `position`."""
+    of = ":".join(str(p) for p in position)
+    return step.model_copy(
+        update={"action": START, "params": {"of": of}, "name": f"start {step.label}"}
+    )
+
+
+async def _targets_step(step: StepConfig, ctx: StepContext) -> tuple[bool, str]:
+    log = TargetLog(ctx.journal, ctx.position)
+    if step.action == START:
+        if ctx.dry_run:
+            return True, f"dry run: would start again what {step.label[6:]} stopped"
+        assert ctx.journal is not None
+        run, stage, index = (int(p) for p in step.params["of"].split(":"))
+        names = list(reversed(stopped_by(ctx.journal, (run, stage, index))))
+        if step.vm is not None:
+            return await libvirt_guests.start_guests(step.vm, names, log)
+        assert step.containers is not None
+        return await containers.start_containers(step.containers, names, step.timeout, log)
+    if step.vm is not None:
+        return await libvirt_guests.stop_guests(step.vm, step.timeout, log, ctx.dry_run)
+    assert step.containers is not None
+    return await containers.stop_containers(step.containers, step.timeout, log, ctx.dry_run)
 
 
 async def execute_step(
@@ -64,6 +100,8 @@ async def execute_step(
         if result.output.strip():
             detail += ": " + result.output.strip().splitlines()[-1][:200]
         return result.ok, detail
+    if step.kind in ("vm", "containers"):
+        return await _targets_step(step, ctx)
     assert step.device is not None
     name = action or step.action or ""
     driver = ctx.drivers.get(step.device)
@@ -158,7 +196,8 @@ class PlanRunner:
         self.journal.step_started(self.run_id, si, ti, step.label)
         started = time.monotonic()
         try:
-            ok, detail = await self.execute(step, self.ctx)
+            ctx = replace(self.ctx, journal=self.journal, position=(self.run_id, si, ti))
+            ok, detail = await self.execute(step, ctx)
         except asyncio.CancelledError:
             self.journal.step_ended(self.run_id, si, ti, "interrupted", "plan cancelled")
             raise
