@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .actions.targets import public_uri
 from .config import ConfigError, SiteConfig, load_site
 from .output_config import redact_url
 from .policy.config import ShutdownConfig, StageConfig, StepConfig
@@ -145,6 +146,22 @@ def step_kind(step: StepConfig) -> str:
         return "command " + " ".join(step.run or [])
     if step.kind == "device":
         return f"device action `{step.action}` on {step.device}"
+    if step.vm is not None:
+        vm = step.vm
+        then = "then destroyed" if vm.destroy else "else the step fails"
+        order = " then ".join(f"`{g}`" for g in vm.guests)
+        back = ", started again on recovery" if vm.start_on_recovery else ""
+        return (
+            f"libvirt guests at {public_uri(vm.uri)}: {order}; shut down, "
+            f"{secs(step.timeout)} each, {then}{back}"
+        )
+    if step.containers is not None:
+        c = step.containers
+        order = " then ".join(
+            [*(f"`{n}`" for n in c.names), *(f"project `{p}`" for p in c.projects)]
+        )
+        back = ", started again on recovery" if c.start_on_recovery else ""
+        return f"containers at {c.socket}: {order}; SIGKILL after {secs(c.grace)}{back}"
     return "wait"
 
 

@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures.outputs",
     "tests.fixtures.threads",
     "tests.fixtures.podman",
+    "tests.fixtures.libvirtd",
 ]
 
 

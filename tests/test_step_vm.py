@@ -22,11 +22,13 @@ import pytest
 import yaml
 
 from facility_agent.actions import libvirt_guests
+from facility_agent.actions.targets import TargetLog
 from facility_agent.agent import Agent
 from facility_agent.policy.config import StageConfig, VmStep
 from facility_agent.policy.journal import Journal
 from facility_agent.policy.plan import PlanRunner, StepContext, StepOutcome
 from facility_agent.simulators.serve import RunningSimulator
+from tests.fixtures.libvirtd import Libvirtd
 from tests.fixtures.procs import Proc, free_port
 from tests.test_policy_engine import (  # noqa: F401 (_world: the in-process devices)
     Recorder,
@@ -253,3 +255,33 @@ async def test_kill_9_mid_vm_step_resumes_neither_repeating_nor_skipping(
     assert "web-1 shut down" in detail and "web-2 shut down" in detail  # none skipped
     again.signal(signal.SIGTERM)
     assert again.popen.wait(15) == 0
+
+
+async def test_against_a_real_libvirtd_another_connection_sees_the_guests_off(
+    tmp_path: Path, libvirtd: Libvirtd
+) -> None:
+    """Over libvirt's RPC to a real daemon: the check reads its own, separate connection."""
+    uri = libvirtd.uri
+    try:
+        own = libvirt.open(uri)
+        for name in ("db-1", "web-1", "hung"):
+            extra = "<on_poweroff>restart</on_poweroff>" if name == "hung" else ""
+            own.defineXML(guest(name, extra)).create()
+        stages = [vm_stage(uri, timeout=1)]
+        _, _, ok, outcomes = await run_plan(tmp_path, stages)
+        assert ok, outcomes
+        checker = libvirt.open(uri)
+        for name in ("db-1", "web-1", "hung"):
+            assert not checker.lookupByName(name).isActive(), name
+        assert checker.lookupByName("test").isActive()  # the driver's own guest: not selected
+        assert "hung destroyed after 1 s" in outcomes[0].detail
+        started = await libvirt_guests.start_guests(
+            VmStep(uri=uri), ["web-1", "db-1"], TargetLog(None, None)
+        )
+        assert started[0], started
+        assert {n for n in ("db-1", "web-1", "hung") if checker.lookupByName(n).isActive()} == {
+            "db-1",
+            "web-1",
+        }
+    finally:
+        libvirt_guests.forget(uri)

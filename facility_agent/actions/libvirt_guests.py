@@ -13,13 +13,12 @@ import asyncio
 import contextlib
 import threading
 import time
-import urllib.parse
 from typing import Any
 
 import libvirt
 
 from ..policy.config import VmStep
-from .targets import STOPPED, Tally, TargetLog, groups, is_glob
+from .targets import STOPPED, Tally, TargetLog, groups, is_glob, public_uri
 
 #: libvirt prints every error to stderr by default; they are raised as exceptions anyway.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -27,21 +26,6 @@ libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 _POLL = 0.25
 _conns: dict[tuple[str, str | None], Any] = {}
 _lock = threading.Lock()
-
-
-def public_uri(uri: str) -> str:
-    """The URI without a password in it, for messages."""
-    try:
-        parts = urllib.parse.urlsplit(uri)
-    except ValueError:
-        return "<unparsable URI>"
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else host
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _message(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ start again only what this plan stopped.
 from __future__ import annotations
 
 import fnmatch
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -41,6 +42,21 @@ class TargetLog:
             self._memory[target] = state
             return
         self.journal.target_mark(self.position, target, state, duration)
+
+
+def public_uri(uri: str) -> str:
+    """The URI without a password in it, for messages."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return "<unparsable URI>"
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def stopped_by(journal: Journal, position: tuple[int, int, int]) -> list[str]:

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..actions import containers, libvirt_guests
 from ..actions.hooks import run_hook
 from ..actions.targets import TargetLog, stopped_by
 from ..driver import Driver
@@ -65,6 +64,9 @@ def start_copy(step: StepConfig, position: tuple[int, int, int]) -> StepConfig:
 
 
 async def _targets_step(step: StepConfig, ctx: StepContext) -> tuple[bool, str]:
+    # Imported here: libvirt and the docker SDK cost ~0.25 s, paid only by sites that use them.
+    from ..actions import containers, libvirt_guests
+
     log = TargetLog(ctx.journal, ctx.position)
     if step.action == START:
         if ctx.dry_run:
