@@ -4,15 +4,20 @@ the docker SDK exactly as the agent talks to Docker."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from facility_agent.agent import Agent
+from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.podman import Podman
+from tests.fixtures.procs import Proc
 from tests.test_policy_engine import (  # noqa: F401 (_world: the in-process devices)
     Recorder,
     _world,
@@ -20,7 +25,8 @@ from tests.test_policy_engine import (  # noqa: F401 (_world: the in-process dev
     outage,
     power_back,
 )
-from tests.test_step_vm import run_plan
+from tests.test_policy_site import journal_state, nut_ups_pair, until
+from tests.test_step_vm import _step_detail, _targets, run_plan
 
 PROJECT = "com.docker.compose.project"
 
@@ -137,3 +143,51 @@ async def test_recovery_starts_only_those_stopped_in_reverse_order(
         assert started == [(t, "started") for t in reversed(stopped)]
     finally:
         await agent.stop()
+
+
+async def test_kill_9_mid_containers_step_resumes_neither_repeating_nor_skipping(
+    tmp_path: Path,
+    podman_service: Podman,
+    names: dict[str, str],
+    nut_simulator: RunningSimulator,
+    procs: Callable[..., Proc],
+) -> None:
+    order = [names["solo"], names["web"], names["db"]]  # three entries: one after another
+    step = {"containers": {"socket": podman_service.url, "names": order, "grace": 3}}
+    site = {
+        "site": "lab1",
+        "state_dir": str(tmp_path / "state"),
+        "devices": nut_ups_pair("127.0.0.1", nut_simulator.nut_port),
+        "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
+        "shutdown": {
+            "group": "ups",
+            "triggers": {"on_battery_for": 0.5, "hold": 0.2, "runtime_margin": None},
+            "stages": [{"name": "containers", "steps": [{**step, "timeout": 30}]}],
+        },
+    }
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site))
+    argv = [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(path)]
+    agent = procs(argv, tmp_path / "agent1.log")
+    await asyncio.sleep(1.5)
+    nut_simulator.inject("generator.crank_fail")
+    nut_simulator.inject("utility.fail")
+    second = names["web"]
+    await until(lambda: _targets(tmp_path).get(second) == "stopping", 40, f"{second} stopping")
+    assert _targets(tmp_path) == {names["solo"]: "stopped", second: "stopping"}
+    agent.signal(signal.SIGKILL)
+    agent.popen.wait(10)
+    assert journal_state(tmp_path) == "running"
+    again = procs(argv, tmp_path / "agent2.log")
+    await until(lambda: journal_state(tmp_path) == "completed", 40, "the resumed plan")
+    assert _targets(tmp_path) == {n: "stopped" for n in order}
+    detail = _step_detail(tmp_path)
+    assert f"already stopped before a restart: {names['solo']}" in detail
+    assert f"{names['solo']} stopped in" not in detail
+    # The one in the middle: stopped by the engine already (its stop ran on) or now.
+    assert f"{second} stopped in" in detail or f"{second} off after a restart" in detail
+    assert f"{names['db']} stopped in" in detail  # none skipped
+    for name in order:
+        assert podman_service.status(name) == "exited"
+    again.signal(signal.SIGTERM)
+    assert again.popen.wait(15) == 0

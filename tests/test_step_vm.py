@@ -206,7 +206,10 @@ def _targets(tmp_path: Path) -> dict[str, str]:
     if not db.exists():
         return {}
     with sqlite3.connect(db) as con:
-        return dict(con.execute("SELECT target, state FROM targets").fetchall())
+        try:
+            return dict(con.execute("SELECT target, state FROM targets").fetchall())
+        except sqlite3.OperationalError:  # the agent has not created its tables yet
+            return {}
 
 
 def _step_detail(tmp_path: Path) -> str:
