@@ -191,3 +191,21 @@ async def test_kill_9_mid_containers_step_resumes_neither_repeating_nor_skipping
         assert podman_service.status(name) == "exited"
     again.signal(signal.SIGTERM)
     assert again.popen.wait(15) == 0
+
+
+async def test_a_container_that_will_not_stop_is_a_named_failure_and_the_plan_goes_on(
+    tmp_path: Path, podman_service: Podman, names: dict[str, str]
+) -> None:
+    """A paused container: Podman refuses to stop it ("container state improper")."""
+    stuck = names["solo"]
+    podman_service.cli("pause", stuck)
+    stages = [
+        {"name": "a", "steps": [{"containers": {"socket": podman_service.url, "names": [stuck]}}]},
+        {"name": "b", "steps": [{"wait": 0.01}]},
+    ]
+    _, _, ok, outcomes = await run_plan(tmp_path, stages)
+    assert ok  # on_failure: continue
+    assert [o.ok for o in outcomes] == [False, True]
+    assert f"FAILED {stuck}: {stuck} will not stop: " in outcomes[0].detail
+    assert "container state improper" in outcomes[0].detail
+    assert podman_service.status(stuck) == "paused"

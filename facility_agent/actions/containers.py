@@ -20,6 +20,8 @@ from ..policy.config import ContainersStep
 from .targets import Tally, TargetLog
 
 PROJECT_LABEL = "com.docker.compose.project"
+#: States of a container that is up: a paused one holds its state too and must be stopped.
+UP = ("running", "paused", "restarting")
 _ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
 
 
@@ -44,7 +46,7 @@ def _select(api: Any, cfg: ContainersStep) -> tuple[list[list[str]], list[tuple[
         except docker.errors.NotFound:
             missing.append((name, f"{name}: no such container"))
             continue
-        if c.status == "running" and c.name not in seen:
+        if c.status in UP and c.name not in seen:
             seen.add(c.name)
             out.append([c.name])
     for project in cfg.projects:
@@ -59,8 +61,8 @@ def _stop_one(api: Any, name: str, grace: float) -> str:
     c = api.containers.get(name)
     c.stop(timeout=round(grace))
     c.reload()
-    if c.status == "running":
-        raise RuntimeError(f"{name} still running after stop")
+    if c.status in UP:
+        raise RuntimeError(f"{name} will not stop: still {c.status} after the stop")
     return str(c.attrs.get("State", {}).get("ExitCode", "?"))
 
 
