@@ -166,8 +166,16 @@ def step_kind(step: StepConfig) -> str:
 
 
 def step_estimate(step: StepConfig) -> float:
-    """What a step may take: a wait takes its time, anything else at most its timeout."""
-    return float(step.wait) if step.wait is not None else float(step.timeout)
+    """What a step may take: a wait takes its time, a vm:/containers: step its timeout (vm) or
+    grace (containers) per priority entry, one after another; anything else its timeout."""
+    if step.wait is not None:
+        return float(step.wait)
+    if step.vm is not None:
+        return float(step.timeout) * len(step.vm.guests)
+    if step.containers is not None:
+        entries = len(step.containers.names) + len(step.containers.projects)
+        return min(float(step.containers.grace), float(step.timeout)) * entries
+    return float(step.timeout)
 
 
 def learned_steps(runs: list[RunRow], kind: str) -> dict[tuple[int, int], float]:

@@ -288,3 +288,20 @@ async def test_against_a_real_libvirtd_another_connection_sees_the_guests_off(
         }
     finally:
         libvirt_guests.forget(uri)
+
+
+def test_step_kinds_are_checked_when_the_site_file_is_read() -> None:
+    from pydantic import ValidationError
+
+    from facility_agent.policy.config import StepConfig
+
+    with pytest.raises(ValidationError, match="exactly one of"):
+        StepConfig.model_validate({"vm": {}, "wait": 1})
+    with pytest.raises(ValidationError, match="takes no action"):
+        StepConfig.model_validate({"vm": {}, "action": "start"})
+    with pytest.raises(ValidationError, match="needs names: or projects:"):
+        StepConfig.model_validate({"containers": {}})
+    step = StepConfig.model_validate({"vm": {"guests": "web-*"}})
+    assert step.vm is not None and step.vm.guests == ["web-*"]
+    assert step.kind == "vm" and step.rerun_on_resume
+    assert StepConfig.model_validate({"vm": {}, "resume": "skip"}).rerun_on_resume is False
