@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .actions.targets import public_uri
 from .config import ConfigError, SiteConfig, load_site
 from .output_config import redact_url
 from .policy.config import ShutdownConfig, StageConfig, StepConfig
@@ -151,12 +152,36 @@ def step_kind(step: StepConfig) -> str:
             f"ssh {t.where}: {' '.join(t.run)} (host key {t.known_hosts}, success: {t.success}, "
             f"connect within {t.connect_timeout:g} s)"
         )
+    if step.vm is not None:
+        vm = step.vm
+        then = "then destroyed" if vm.destroy else "else the step fails"
+        order = " then ".join(f"`{g}`" for g in vm.guests)
+        back = ", started again on recovery" if vm.start_on_recovery else ""
+        return (
+            f"libvirt guests at {public_uri(vm.uri)}: {order}; shut down, "
+            f"{secs(step.timeout)} each, {then}{back}"
+        )
+    if step.containers is not None:
+        c = step.containers
+        order = " then ".join(
+            [*(f"`{n}`" for n in c.names), *(f"project `{p}`" for p in c.projects)]
+        )
+        back = ", started again on recovery" if c.start_on_recovery else ""
+        return f"containers at {c.socket}: {order}; SIGKILL after {secs(c.grace)}{back}"
     return "wait"
 
 
 def step_estimate(step: StepConfig) -> float:
-    """What a step may take: a wait takes its time, anything else at most its timeout."""
-    return float(step.wait) if step.wait is not None else float(step.timeout)
+    """What a step may take: a wait takes its time, a vm:/containers: step its timeout (vm) or
+    grace (containers) per priority entry, one after another; anything else its timeout."""
+    if step.wait is not None:
+        return float(step.wait)
+    if step.vm is not None:
+        return float(step.timeout) * len(step.vm.guests)
+    if step.containers is not None:
+        entries = len(step.containers.names) + len(step.containers.projects)
+        return min(float(step.containers.grace), float(step.timeout)) * entries
+    return float(step.timeout)
 
 
 def learned_steps(runs: list[RunRow], kind: str) -> dict[tuple[int, int], float]:

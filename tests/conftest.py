@@ -13,6 +13,8 @@ pytest_plugins = [
     "tests.fixtures.outputs",
     "tests.fixtures.threads",
     "tests.fixtures.sshd",
+    "tests.fixtures.podman",
+    "tests.fixtures.libvirtd",
 ]
 
 

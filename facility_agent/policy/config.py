@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from ..actions.ssh_config import SshTarget
 from ..units import Duration, Identifier
@@ -105,8 +105,56 @@ class HookConfig(_Section):
         return _env_names(value)
 
 
+def _names(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+class VmStep(_Section):
+    """`vm:` libvirt guests: shut down gracefully, destroyed after the step's timeout."""
+
+    #: libvirt connection URI (`qemu:///system`, `qemu+ssh://root@host/system`, `qemu+tls://`).
+    uri: str = "qemu:///system"
+    #: Guest names or globs, in priority order: the guests of one entry stop together, entries
+    #: one after another. Default: every running guest.
+    guests: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    #: Destroy (pull the plug on) a guest still running at the step's timeout.
+    destroy: bool = True
+    #: On recovery, start again (in reverse order) the guests this plan stopped.
+    start_on_recovery: bool = True
+    #: Credentials for URIs that ask for them (SASL, a password); use `${ENV}` secrets.
+    username: str | None = None
+    password: SecretStr | None = None
+
+    _one_or_many = field_validator("guests", mode="before")(_names)
+
+
+class ContainersStep(_Section):
+    """`containers:` Docker or Podman containers, through the engine's API socket."""
+
+    #: The API socket (`unix:///run/podman/podman.sock`, `unix:///var/run/docker.sock`).
+    socket: str = "unix:///var/run/docker.sock"
+    #: Containers by name (or id), and compose projects (`com.docker.compose.project` label),
+    #: in priority order: names first, then projects; each entry's containers stop together.
+    names: list[str] = Field(default_factory=list)
+    projects: list[str] = Field(default_factory=list)
+    #: Seconds between SIGTERM and SIGKILL (the engine's stop timeout).
+    grace: Duration = 10.0
+    start_on_recovery: bool = True
+    #: Docker API version spoken (Podman's compat API serves 1.40 and 1.41).
+    api_version: str = "1.41"
+
+    _one_or_many = field_validator("names", "projects", mode="before")(_names)
+
+    @model_validator(mode="after")
+    def _something(self) -> ContainersStep:
+        if not self.names and not self.projects:
+            raise ValueError("containers: needs names: or projects:")
+        return self
+
+
 class StepConfig(_Section):
-    """One step of a plan: a command (`run`), a device action (`device` + `action`), or a wait."""
+    """One step of a plan: a command (`run`), a device action (`device` + `action`), a wait,
+    libvirt guests (`vm`) or containers (`containers`)."""
 
     name: str | None = None
     run: list[str] | None = None
@@ -116,6 +164,8 @@ class StepConfig(_Section):
     wait: Duration | None = None
     #: A command on a remote host over SSH (actions/ssh_config.py; docs/policy.md).
     ssh: SshTarget | None = None
+    vm: VmStep | None = None
+    containers: ContainersStep | None = None
     timeout: Duration = 120.0
     #: Action run on the same device to bring back what this step stopped (`power_on` after
     #: `soft_off`), when a plan is cancelled or recovery runs.
@@ -137,16 +187,15 @@ class StepConfig(_Section):
 
     @model_validator(mode="after")
     def _one_kind(self) -> StepConfig:
-        kinds = [
-            self.run is not None,
-            self.device is not None,
-            self.wait is not None,
-            self.ssh is not None,
-        ]
+        kinds = [self.run is not None, self.device is not None, self.wait is not None]
+        kinds += [self.ssh is not None, self.vm is not None, self.containers is not None]
         if sum(kinds) != 1:
             raise ValueError(
-                "a step is exactly one of: run: [argv], device: + action:, wait:, ssh:"
+                "a step is exactly one of: run: [argv], device: + action:, wait:, ssh:, vm:, "
+                "containers:"
             )
+        if (self.vm or self.containers) and (self.action or self.params or self.undo):
+            raise ValueError("a vm:/containers: step takes no action:, params: or undo:")
         if self.device is not None and not self.action:
             raise ValueError("a device step needs an action")
         if self.run is not None and not self.run:
@@ -166,6 +215,10 @@ class StepConfig(_Section):
             return "run"
         if self.ssh is not None:
             return "ssh"
+        if self.vm is not None:
+            return "vm"
+        if self.containers is not None:
+            return "containers"
         return "device" if self.device is not None else "wait"
 
     @property
@@ -178,13 +231,21 @@ class StepConfig(_Section):
             return f"ssh {self.ssh.host}: {' '.join(self.ssh.run)}"
         if self.device is not None:
             return f"{self.device} {self.action}"
+        if self.vm is not None:
+            return "vm " + ", ".join(self.vm.guests)
+        if self.containers is not None:
+            c = self.containers
+            return "containers " + ", ".join([*c.names, *(f"project {p}" for p in c.projects)])
         return f"wait {self.wait:g} s"
 
     @property
     def rerun_on_resume(self) -> bool:
         if self.resume is not None:
             return self.resume == "rerun"
-        return self.kind == "wait" or (self.action or "") in IDEMPOTENT_ACTIONS
+        # vm/containers: every target is journaled, and stopping one already off is a no-op.
+        return (
+            self.kind in ("wait", "vm", "containers") or (self.action or "") in IDEMPOTENT_ACTIONS
+        )
 
 
 IDEMPOTENT_ACTIONS = frozenset({"soft_off", "hard_off", "power_on", "power_off"})

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..actions.hooks import run_hook
+from ..actions.targets import stopped_by
 from ..driver import Driver
 from ..model import DeviceState, Event, Severity, utcnow
 from ..state import SiteState
@@ -33,7 +34,7 @@ from .evaluate import (
     unknown_inputs,
 )
 from .journal import Journal, RunRecord
-from .plan import PlanRunner, StepContext, StepOutcome, execute_step
+from .plan import PlanRunner, StepContext, StepOutcome, execute_step, start_copy
 
 log = logging.getLogger(__name__)
 
@@ -607,7 +608,11 @@ class PolicyEngine:
 
     def _has_undo(self) -> bool:
         sd = self.policy.shutdown
-        return sd is not None and any(st.undo for stage in sd.stages for st in stage.steps)
+        return sd is not None and any(
+            st.undo or (st.vm or st.containers) is not None
+            for stage in sd.stages
+            for st in stage.steps
+        )
 
     def _plan_step(self, outcome: StepOutcome) -> None:
         sd = self.policy.shutdown
@@ -643,17 +648,34 @@ class PolicyEngine:
             undo: list[StepConfig] = []
             for si in reversed(range(len(sd.stages))):
                 for ti, step in enumerate(sd.stages[si].steps):
-                    if step.undo and (si, ti) in done:
+                    if step.kind in ("vm", "containers") and self._stopped_any(last.id, si, ti):
+                        undo.append(start_copy(step, (last.id, si, ti)))
+                    elif step.undo and (si, ti) in done:
                         undo.append(
                             step.model_copy(
                                 update={"action": step.undo, "name": f"{step.device} {step.undo}"}
                             )
                         )
             for step in undo:
-                stages.append(StageConfig(name=f"undo {step.device}", steps=[step]))
+                what = step.device or step.label
+                # Built, not validated: a start copy carries the action the site file may not.
+                stages.append(
+                    StageConfig.model_construct(name=f"undo {what}", steps=[step], no_return=False)
+                )
         if self.policy.recovery is not None:
             stages.extend(self.policy.recovery.stages)
         return stages
+
+    def _stopped_any(self, run_id: int, si: int, ti: int) -> bool:
+        sd = self.policy.shutdown
+        assert sd is not None
+        step = sd.stages[si].steps[ti]
+        cfg = step.vm or step.containers
+        return (
+            cfg is not None
+            and cfg.start_on_recovery
+            and bool(stopped_by(self.journal, (run_id, si, ti)))
+        )
 
     def _start_recovery(self, resume: RunRecord | None = None) -> None:
         # Even with nothing to undo or run, recovery is the moment the site counts as back:

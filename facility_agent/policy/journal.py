@@ -52,6 +52,20 @@ CREATE TABLE IF NOT EXISTS steps (
     detail TEXT,
     PRIMARY KEY (run_id, stage, step)
 );
+-- The targets of a vm:/containers: step, one row each, written before it is asked to stop
+-- (`stopping`) and after (`stopped`, `failed`): a resumed step skips those behind it, and
+-- recovery starts again only the ones this plan stopped.
+CREATE TABLE IF NOT EXISTS targets (
+    run_id INTEGER NOT NULL,
+    stage INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    state TEXT NOT NULL,
+    at REAL NOT NULL,
+    seq INTEGER NOT NULL,
+    duration REAL,
+    PRIMARY KEY (run_id, stage, step, target)
+);
 """
 
 
@@ -187,6 +201,37 @@ class Journal:
             " AND step = ?",
             (state, time.time(), detail[:2000], run_id, stage, step),
         )
+
+    def target_mark(
+        self,
+        position: tuple[int, int, int],
+        target: str,
+        state: str,
+        duration: float | None = None,
+    ) -> None:
+        """Journal one target of a step; its first mark fixes its place in the stop order.
+
+        Through the writer thread, after the writes queued before it (the step's `started`),
+        and waited for: a target is journaled `stopping` before it is asked to stop."""
+        run_id, stage, step = position
+        self._write(
+            "INSERT INTO targets (run_id, stage, step, target, state, at, seq, duration)"
+            " VALUES (?, ?, ?, ?, ?, ?, (SELECT COUNT(*) FROM targets WHERE run_id = ?"
+            " AND stage = ? AND step = ?), ?)"
+            " ON CONFLICT (run_id, stage, step, target) DO UPDATE SET state = excluded.state,"
+            " at = excluded.at, duration = excluded.duration",
+            (run_id, stage, step, target, state, time.time(), run_id, stage, step, duration),
+        ).result()
+
+    def targets(self, position: tuple[int, int, int]) -> list[tuple[str, str]]:
+        """(target, state) of a step, in the order they were first marked."""
+        self._caught_up()
+        rows = self._db.execute(
+            "SELECT target, state FROM targets WHERE run_id = ? AND stage = ? AND step = ?"
+            " ORDER BY seq",
+            position,
+        ).fetchall()
+        return [(str(t), str(s)) for t, s in rows]
 
     # -- reads (on the caller's thread, own connection) ------------------------------------
 

@@ -1,0 +1,158 @@
+"""`containers:` steps: Docker or Podman containers stopped through the engine's API socket
+(Podman's `system service` speaks the Docker API), started again on recovery, only those this
+plan stopped.
+
+The docker SDK is blocking: every call goes to a thread. Targets are journaled by container
+name, so recovery finds them again even if the engine gave them new ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from ..policy.config import ContainersStep
+from .targets import Tally, TargetLog
+
+PROJECT_LABEL = "com.docker.compose.project"
+#: States of a container that is up: a paused one holds its state too and must be stopped.
+UP = ("running", "paused", "restarting")
+_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        return str(exc.explanation or exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def client(cfg: ContainersStep, timeout: float) -> Any:
+    return docker.DockerClient(base_url=cfg.socket, version=cfg.api_version, timeout=timeout)
+
+
+def _select(api: Any, cfg: ContainersStep) -> tuple[list[list[str]], list[tuple[str, str]]]:
+    """Running containers per entry (names, then projects), and (target, why) not found."""
+    seen: set[str] = set()
+    out: list[list[str]] = []
+    missing: list[tuple[str, str]] = []
+    for name in cfg.names:
+        try:
+            c = api.containers.get(name)
+        except docker.errors.NotFound:
+            missing.append((name, f"{name}: no such container"))
+            continue
+        if c.status in UP and c.name not in seen:
+            seen.add(c.name)
+            out.append([c.name])
+    for project in cfg.projects:
+        found = api.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"})
+        group = sorted(c.name for c in found if c.name not in seen)
+        seen.update(group)
+        out.append(group)
+    return [g for g in out if g], missing
+
+
+def _stop_one(api: Any, name: str, grace: float) -> str:
+    c = api.containers.get(name)
+    c.stop(timeout=round(grace))
+    c.reload()
+    if c.status in UP:
+        raise RuntimeError(f"{name} will not stop: still {c.status} after the stop")
+    return str(c.attrs.get("State", {}).get("ExitCode", "?"))
+
+
+async def _stop(api: Any, name: str, cfg: ContainersStep, log: TargetLog) -> str:
+    log.mark(name, "stopping")
+    started = time.monotonic()
+    try:
+        code = await asyncio.to_thread(_stop_one, api, name, float(cfg.grace))
+    except RuntimeError:
+        log.mark(name, "failed")
+        raise
+    except _ERRORS as exc:
+        log.mark(name, "failed")
+        raise RuntimeError(f"{name} will not stop: {_message(exc)}") from exc
+    took = time.monotonic() - started
+    log.mark(name, "stopped", took)
+    return f"{name} stopped in {took:.1f} s (exit {code})"
+
+
+async def stop_containers(
+    cfg: ContainersStep, timeout: float, log: TargetLog, dry_run: bool = False
+) -> tuple[bool, str]:
+    """Run a `containers:` step: each entry in turn, the containers of one entry together."""
+    tally = Tally(f"containers at {cfg.socket}")
+    try:
+        api = await asyncio.to_thread(client, cfg, timeout)
+        plan, missing = await asyncio.to_thread(_select, api, cfg)
+    except _ERRORS as exc:
+        tally.fail(cfg.socket, f"cannot reach the container engine: {_message(exc)}")
+        return tally.result("")
+    try:
+        for target, why in missing:
+            tally.fail(target, why)
+        before = log.states()
+        behind = [n for n, s in before.items() if s == "stopped"]
+        if behind:
+            tally.ok(f"already stopped before a restart: {', '.join(behind)}")
+        plan = [g for g in ([n for n in g if n not in behind] for g in plan) if g]
+        if dry_run:
+            listed = " then ".join(", ".join(g) for g in plan) or "nothing (none running)"
+            tally.ok(f"dry run: would stop {listed} (SIGKILL after {cfg.grace:g} s)")
+            return tally.result("")
+        running = {n for g in plan for n in g}
+        for group in plan:
+            results = await asyncio.gather(
+                *(_stop(api, name, cfg, log) for name in group), return_exceptions=True
+            )
+            for name, result in zip(group, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    tally.fail(name, str(result))
+                else:
+                    tally.ok(result)
+        for name, state in before.items():
+            if state == "stopping" and name not in running:
+                log.mark(name, "stopped")  # it went off while the agent was down
+                tally.ok(f"{name} off after a restart")
+        return tally.result("no container running")
+    finally:
+        await asyncio.to_thread(api.close)
+
+
+async def start_containers(
+    cfg: ContainersStep, names: list[str], timeout: float, log: TargetLog
+) -> tuple[bool, str]:
+    """Recovery: start `names` (already in reverse stop order) one after another."""
+    tally = Tally(f"containers at {cfg.socket}")
+    try:
+        api = await asyncio.to_thread(client, cfg, timeout)
+    except _ERRORS as exc:
+        tally.fail(cfg.socket, f"cannot reach the container engine: {_message(exc)}")
+        return tally.result("")
+    try:
+        for name in names:
+            if log.states().get(name) == "started":
+                continue
+            log.mark(name, "starting")
+            started = time.monotonic()
+            try:
+                c = await asyncio.to_thread(api.containers.get, name)
+                if c.status == "running":
+                    tally.ok(f"{name} already running")
+                else:
+                    await asyncio.to_thread(c.start)
+                    tally.ok(f"{name} started in {time.monotonic() - started:.1f} s")
+                log.mark(name, "started", time.monotonic() - started)
+            except _ERRORS as exc:
+                log.mark(name, "failed")
+                tally.fail(name, f"{name}: {_message(exc)}")
+        return tally.result("nothing this plan stopped")
+    finally:
+        await asyncio.to_thread(api.close)

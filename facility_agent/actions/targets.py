@@ -1,0 +1,103 @@
+"""What the vm:/containers: steps share: the per-target journal, priority groups, and the
+result of a step over many targets.
+
+Each target is journaled `stopping` before it is asked to stop and `stopped` (or `failed`)
+after, in the plan's own journal. That is what makes these steps safe to run again after the
+agent died in the middle of one (targets behind it are not asked again, the one in the middle
+is asked again, which is a no-op for a guest or container already off) and what lets recovery
+start again only what this plan stopped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..redact import redact
+
+if TYPE_CHECKING:
+    from ..policy.journal import Journal
+
+STOPPED = ("stopped", "stopping")
+
+
+class TargetLog:
+    """The journal rows of one step's targets; in memory only when there is no journal."""
+
+    def __init__(self, journal: Journal | None, position: tuple[int, int, int] | None) -> None:
+        self.journal = journal if position is not None else None
+        self.position = position
+        self._memory: dict[str, str] = {}
+
+    def states(self) -> dict[str, str]:
+        if self.journal is None or self.position is None:
+            return dict(self._memory)
+        return dict(self.journal.targets(self.position))
+
+    def mark(self, target: str, state: str, duration: float | None = None) -> None:
+        if self.journal is None or self.position is None:
+            self._memory[target] = state
+            return
+        self.journal.target_mark(self.position, target, state, duration)
+
+
+def public_uri(uri: str) -> str:
+    """The URI without a password in it, for messages."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:
+        return "<unparsable URI>"
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else host
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def stopped_by(journal: Journal, position: tuple[int, int, int]) -> list[str]:
+    """The targets a step stopped (or was stopping when the agent died), in stop order."""
+    return [t for t, state in journal.targets(position) if state in STOPPED]
+
+
+def groups(names: Iterable[str], patterns: Sequence[str]) -> list[list[str]]:
+    """Names matched by each pattern (a name or a glob), each name in its first group only."""
+    pool = sorted(set(names))
+    seen: set[str] = set()
+    out: list[list[str]] = []
+    for pattern in patterns:
+        group = [n for n in pool if n not in seen and fnmatch.fnmatchcase(n, pattern)]
+        seen.update(group)
+        out.append(group)
+    return out
+
+
+def is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+@dataclass
+class Tally:
+    """The outcome of a step over its targets: one line each, ok only if every one is."""
+
+    what: str
+    lines: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def ok(self, line: str) -> None:
+        self.lines.append(line)
+
+    def fail(self, target: str, line: str) -> None:
+        self.failed.append(target)
+        self.lines.append(line)
+
+    def result(self, empty: str) -> tuple[bool, str]:
+        body = "; ".join(self.lines) if self.lines else empty
+        head = f"{self.what}: " if self.what else ""
+        if self.failed:
+            head += f"FAILED {', '.join(self.failed)}: "
+        return not self.failed, redact(head + body)
