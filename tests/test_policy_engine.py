@@ -196,7 +196,9 @@ async def test_generator_fails_to_crank_shutdown_runs_in_order(tmp_path: Path) -
         await agent.stop()
 
 
-async def test_power_back_mid_shutdown_cancels_and_recovers(tmp_path: Path) -> None:
+async def power_back_mid_plan(tmp_path: Path) -> tuple[Agent, Recorder]:
+    """An agent whose plan has turned the server off and then waits 3 s, when the power returns
+    (the agent is stopped by the caller)."""
     shutdown = make_site(tmp_path).shutdown.model_dump()
     shutdown["stages"][2]["steps"] = [{"wait": 3}]  # time for the power to come back
     agent, rec = await started(tmp_path, shutdown=shutdown)
@@ -208,6 +210,15 @@ async def test_power_back_mid_shutdown_cancels_and_recovers(tmp_path: Path) -> N
                 break
             await asyncio.sleep(0.02)
         power_back()
+    except BaseException:
+        await agent.stop()
+        raise
+    return agent, rec
+
+
+async def test_power_back_mid_shutdown_cancels_and_recovers(tmp_path: Path) -> None:
+    agent, rec = await power_back_mid_plan(tmp_path)
+    try:
         cancelled = await rec.wait("shutdown.cancelled", 5)
         assert "point of no return" in cancelled.message
         await rec.wait("recovery.completed", 10)
@@ -420,17 +431,8 @@ async def test_cancelled_plan_journals_and_says_so_even_when_the_disk_is_slow(
         real(self, sql, args)
 
     monkeypatch.setattr(journal_module.Journal, "_execute", slow)
-    shutdown = make_site(tmp_path).shutdown.model_dump()
-    shutdown["stages"][2]["steps"] = [{"wait": 3}]
-    agent, rec = await started(tmp_path, shutdown=shutdown)
+    agent, rec = await power_back_mid_plan(tmp_path)
     try:
-        outage()
-        await rec.wait("shutdown.started", 5)
-        for _ in range(200):
-            if ("srv-01", "soft_off") in ACTIONS:
-                break
-            await asyncio.sleep(0.02)
-        power_back()
         await rec.wait("shutdown.cancelled", 8)
         run = agent.policy.journal.last_run("shutdown")  # type: ignore[union-attr]
         assert run is not None and run.state == "cancelled"
