@@ -7,10 +7,7 @@ values), not from the agent's output. SOURCE.md gives each recording's origin an
 
 from __future__ import annotations
 
-import socket
-import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +17,7 @@ import yaml
 from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
 from facility_agent.drivers.snmp_profile import ProfileError, load_profile
 
-from .fixtures.procs import Proc, free_port, require_binary, wait_until
-from .fixtures.snmp import PASS_HELPER, client_env
+from .fixtures.snmp import serve_recording
 
 CASES = Path(__file__).parent / "testcases" / "snmp"
 #: The profiles this file proves; their cases live beside the UPS cases.
@@ -41,47 +37,11 @@ NAMES = sorted(
 SNMPGET = ("snmpget", "-v2c", "-c", "public", "-On", "-t", "0.3", "-r", "0")
 
 
-@contextmanager
-def serve(recording: Path, subtrees: list[str], root: Path) -> Iterator[int]:
-    """Real snmpd replaying `recording` under `subtrees`; stopped by PID afterwards."""
-    binary = require_binary("/usr/sbin/snmpd")
-    require_binary("snmpget")
-    port = free_port(socket.SOCK_DGRAM)
-    (root / "persist").mkdir()
-    passes = "".join(
-        f"pass_persist .{tree} /usr/bin/python3 -u {PASS_HELPER} {recording}\n" for tree in subtrees
-    )
-    conf = root / "snmpd.conf"
-    conf.write_text(
-        f"agentAddress udp:127.0.0.1:{port}\nrocommunity public 127.0.0.1\n{passes}master off\n"
-    )
-    proc = Proc(
-        [binary, "-f", "-C", "-c", str(conf), "-I", "-smux", "-m", "", "-Lo"],
-        root / "snmpd.log",
-        cwd=root,
-        env={"SNMP_PERSISTENT_DIR": str(root / "persist"), "MIBS": ""},
-    )
-
-    def answers() -> bool:
-        out = subprocess.run(
-            [*SNMPGET, f"127.0.0.1:{port}", ".1.3.6.1.2.1.1.5.0"],
-            capture_output=True,
-            env=client_env(root),
-        )
-        return out.returncode == 0
-
-    try:
-        wait_until(answers, 10, "snmpd")
-        yield port
-    finally:
-        proc.stop()
-
-
 @pytest.fixture
 def replay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     case = CASES / request.param
     expected = yaml.safe_load((case / "expected.yaml").read_text())
-    with serve(case / "device.snmprec", expected["subtrees"], tmp_path) as port:
+    with serve_recording(case / "device.snmprec", tmp_path, expected["subtrees"]) as port:
         yield port, expected
 
 

@@ -8,10 +8,8 @@ recording comes from and what the MIB says about its odd values.
 from __future__ import annotations
 
 import logging
-import socket
-import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +18,7 @@ import yaml
 
 from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
 
-from .fixtures.procs import Proc, free_port, require_binary, wait_until
-from .fixtures.snmp import PASS_HELPER, client_env
+from .fixtures.snmp import serve_recording
 
 CASES = Path(__file__).parent / "testcases" / "snmp"
 NAMES = sorted(
@@ -43,51 +40,9 @@ SUBTREES = (
 SNMPGET = ("snmpget", "-v2c", "-c", "public", "-On", "-t", "0.3", "-r", "0")
 
 
-@contextmanager
-def serve(recording: Path, root: Path) -> Iterator[int]:
-    """Real snmpd replaying `recording` on a free loopback port; stopped by PID afterwards."""
-    binary = require_binary("/usr/sbin/snmpd")
-    require_binary("snmpget")
-    port = free_port(socket.SOCK_DGRAM)
-    (root / "persist").mkdir()
-    passes = "".join(
-        f"pass_persist {tree} /usr/bin/python3 -u {PASS_HELPER} {recording}\n" for tree in SUBTREES
-    )
-    # snmpd answers the system group itself; it reports the recording's sysObjectID when told.
-    sysoid = next(
-        (
-            line.split("|")[2].strip()
-            for line in recording.read_text(errors="replace").splitlines()
-            if line.startswith("1.3.6.1.2.1.1.2.0|6|")
-        ),
-        None,
-    )
-    system = f"sysobjectid .{sysoid}\n" if sysoid else ""
-    conf = root / "snmpd.conf"
-    conf.write_text(
-        f"agentAddress udp:127.0.0.1:{port}\nrocommunity public 127.0.0.1\n{system}{passes}"
-        "master off\n"
-    )
-    proc = Proc(
-        [binary, "-f", "-C", "-c", str(conf), "-I", "-smux", "-m", "", "-Lo"],
-        root / "snmpd.log",
-        cwd=root,
-        env={"SNMP_PERSISTENT_DIR": str(root / "persist"), "MIBS": ""},
-    )
-
-    def answers() -> bool:
-        out = subprocess.run(
-            [*SNMPGET, f"127.0.0.1:{port}", ".1.3.6.1.2.1.1.5.0"],
-            capture_output=True,
-            env=client_env(root),
-        )
-        return out.returncode == 0
-
-    try:
-        wait_until(answers, 10, "snmpd")
-        yield port
-    finally:
-        proc.stop()
+def serve(recording: Path, root: Path) -> AbstractContextManager[int]:
+    """Real snmpd replaying `recording` under the UPS MIBs' subtrees."""
+    return serve_recording(recording, root, SUBTREES)
 
 
 @pytest.fixture
