@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -57,7 +58,8 @@ class Conn:
 
     async def close(self) -> None:
         self.writer.close()
-        await self.writer.wait_closed()
+        with contextlib.suppress(ConnectionResetError):  # the server hung up on us first
+            await self.writer.wait_closed()
 
 
 @pytest.fixture
@@ -275,7 +277,13 @@ async def test_garbage_and_long_lines_do_not_hurt_other_clients(
     bad.writer.write(b"GET VAR " + b"x" * 100_000)  # no newline, ever
     await bad.writer.drain()
     assert await bad.line() == "ERR INVALID-ARGUMENT"
-    assert await asyncio.wait_for(bad.reader.read(), 5) == b""  # and it is hung up on
+    # And it is hung up on: a FIN, or a RST when the rest of the 100 kB was still unread in
+    # the server's socket as it closed (the kernel resets then; which one wins is timing).
+    try:
+        async with asyncio.timeout(5):
+            assert await bad.reader.read() == b""
+    except ConnectionResetError:
+        pass
     assert await good.ask("GET VAR ups-a ups.status") == 'VAR ups-a ups.status "OL"'
     await bad.close()
     await good.close()
