@@ -17,9 +17,9 @@ import signal
 import sys
 import time
 
-from facility_agent.agent import Agent
-from facility_agent.config import MqttConfig, SiteConfig
-from facility_agent.registry import driver_class
+from facility_agent.config.site import MqttConfig, SiteConfig
+from facility_agent.core.registry import driver_class
+from facility_agent.runtime.agent import Agent
 
 
 def build_site(args: argparse.Namespace) -> SiteConfig:

@@ -54,9 +54,9 @@ from _common import (
 )
 from paho.mqtt.enums import CallbackAPIVersion
 
-from facility_agent.drivers.nut_client import NutClient
-from facility_agent.local_broker import LocalMosquitto
+from facility_agent.drivers.nut.client import NutClient
 from facility_agent.simulators.serve import RunningSimulator, SimulatorOptions
+from facility_agent.tools.local_broker import LocalMosquitto
 
 EVENT_KIND = {"power.on_battery": "OB", "power.on_line": "OL"}
 NOTIFY_KIND = {"ONBATT": "OB", "ONLINE": "OL"}

@@ -10,7 +10,7 @@ a Modbus RTU or TCP frame, an IPMI SEL entry or SDR record, a site file), then m
 them (flip, insert, delete, duplicate, truncate, splice boundary values), and feeds each one
 through the real parsing code. Only the documented typed errors may come out of it:
 
-    nut     drivers/nut_protocol.py reply parsing, and nut_client's line buffer and LIST
+    nut     drivers/nut/protocol.py reply parsing, and nut_client's line buffer and LIST
             reading on chunked byte streams                  -> DeviceError and subclasses
     snmp    facility_wire.ber (driver and simulator sides)   -> BerError
             the trap path: pysnmp's decoder, then TrapListener.handle -> PyAsn1Error (pysnmp
@@ -21,7 +21,7 @@ through the real parsing code. Only the documented typed errors may come out of 
     ipmi    ipmi_decode (SEL records, 6-bit ASCII, sensor summary) -> ValueError from
             SelRecord.parse only; pyghmi's SDR decoder with the driver's patch -> any Exception
             (the driver turns those into a DeviceError), but never a hang
-    yaml    facility_agent.config.parse_site (the strict loader) -> ConfigError
+    yaml    facility_agent.config.site.parse_site (the strict loader) -> ConfigError
 
 Anything else is a crash. An input is a hang when it takes more than 100 ms of CPU time (the
 thread's CPU clock, so a loaded machine does not fake one); wall time is reported as measured.
@@ -298,9 +298,9 @@ def fuzz(target: Target, inputs: int, seed: int, deadline: float | None = None) 
 
 
 def nut_target() -> Target:
-    from facility_agent.driver import DeviceError
-    from facility_agent.drivers import nut_client
-    from facility_agent.drivers import nut_protocol as proto
+    from facility_agent.core.driver import DeviceError
+    from facility_agent.drivers.nut import client as nut_client
+    from facility_agent.drivers.nut import protocol as proto
 
     names = ["battery.charge", "ups.status", "input.voltage", "ups.mfr", "x" * 300, ""]
     values = ["100", "OL CHRG", "230.5", "", 'say \\"hi\\"', "0012", "-1.5e3", "é" * 50, "\\\\"]
@@ -458,10 +458,10 @@ def snmp_target() -> Target:
     from pyasn1.error import PyAsn1Error
     from pysnmp.proto import api
 
-    from facility_agent.config import TrapsConfig
-    from facility_agent.drivers import snmp_ber
-    from facility_agent.simulators import snmp_agent as sa
-    from facility_agent.traps import SnmpDevice, TrapListener
+    from facility_agent.config.site import TrapsConfig
+    from facility_agent.drivers.snmp import wire as snmp_ber
+    from facility_agent.drivers.snmp.traps import SnmpDevice, TrapListener
+    from facility_agent.simulators.faces import snmp as sa
     from facility_wire import ber
 
     v2c: Any = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
@@ -538,9 +538,9 @@ def modbus_target() -> Target:
     from pymodbus.framer import FramerRTU, FramerSocket
     from pymodbus.pdu import DecodePDU
 
-    from facility_agent.driver import DeviceError
-    from facility_agent.drivers import modbus_bus as bus
-    from facility_agent.drivers import modbus_profile as mp
+    from facility_agent.core.driver import DeviceError
+    from facility_agent.drivers.modbus import bus
+    from facility_agent.drivers.modbus import profile as mp
 
     rtu = FramerRTU(DecodePDU(False))
     tcp = FramerSocket(DecodePDU(False))
@@ -618,8 +618,8 @@ def modbus_target() -> Target:
 def ipmi_target() -> Target:
     from pyghmi.ipmi import sdr as pyghmi_sdr
 
-    from facility_agent.drivers import ipmi as ipmi_driver
-    from facility_agent.drivers import ipmi_decode as dec
+    from facility_agent.drivers.ipmi import decode as dec
+    from facility_agent.drivers.ipmi import driver as ipmi_driver
 
     ipmi_driver._patch_pyghmi()
     notes: dict[str, int] = {"sdr_records": 0, "sdr_pyghmi_errors": 0, "sel_kinds": 0}
@@ -704,7 +704,7 @@ def ipmi_target() -> Target:
 def yaml_target() -> Target:
     import tempfile
 
-    from facility_agent.config import ConfigError, parse_site
+    from facility_agent.config.site import ConfigError, parse_site
 
     seeds = [
         (REPO / "config" / name).read_text()

@@ -37,7 +37,7 @@ from _common import OUT_DIR, REPO
 
 sys.path.insert(0, str(REPO))
 
-from facility_agent.drivers.ipmi import IpmiDeviceConfig, IpmiDriver
+from facility_agent.drivers.ipmi.driver import IpmiDeviceConfig, IpmiDriver
 from tests.fixtures.ipmi import start_ipmi_sim
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -411,7 +411,7 @@ def section(data: dict[str, Any]) -> str:
     lines += [
         "pyghmi as shipped loses wake-ups (a reply that arrives before the caller waits is "
         "noticed only at the retransmit timer): reads took 0.5-1.6 s instead of "
-        "milliseconds before the driver's fix (drivers/ipmi.py, `_patch_io_wait`).",
+        "milliseconds before the driver's fix (drivers/ipmi/driver.py, `_patch_io_wait`).",
         "<!-- ipmi:end -->",
     ]
     return "\n".join(lines) + "\n"

@@ -41,7 +41,7 @@ def line_limit(baud: int, count: int = COUNT) -> float:
 
 
 async def serve(path: str, baud: int) -> None:
-    from facility_agent.simulators.modbus_server import ModbusFace
+    from facility_agent.simulators.faces.modbus import ModbusFace
     from facility_agent.simulators.site import SimulatedSite
 
     face = ModbusFace(SimulatedSite.default(), port=None, rtu=path, baudrate=baud or None)
@@ -51,7 +51,7 @@ async def serve(path: str, baud: int) -> None:
 
 
 async def agent_client(path: str, baud: int, seconds: float) -> dict[str, float]:
-    from facility_agent.drivers.modbus_bus import ModbusLink, SerialParams
+    from facility_agent.drivers.modbus.bus import ModbusLink, SerialParams
 
     link = ModbusLink(SerialParams(path, baud or 19200), request_timeout=1.0, retries=0)
     read = 0

@@ -30,10 +30,10 @@ from _common import REPO, Proc, free_port, machine_info, require, save_result, w
 
 sys.path.insert(0, str(REPO))
 
-from facility_agent.config import MqttConfig
-from facility_agent.model import DeviceState, Event, Severity
+from facility_agent.config.outputs import NotifyRoute
+from facility_agent.config.site import MqttConfig
+from facility_agent.core.model import DeviceState, Event, Severity
 from facility_agent.outbox import Outbox, Row
-from facility_agent.output_config import NotifyRoute
 from facility_agent.sinks.mqtt import MqttSink
 from facility_agent.sinks.notify import NotifySink
 

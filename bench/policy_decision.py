@@ -31,11 +31,11 @@ from typing import Any
 
 import yaml
 
-from facility_agent import agent as agent_module
-from facility_agent.agent import Agent
-from facility_agent.config import SiteConfig, parse_site
-from facility_agent.driver import Driver
-from facility_agent.model import DeviceState, Sample, utcnow
+from facility_agent.config.site import SiteConfig, parse_site
+from facility_agent.core.driver import Driver
+from facility_agent.core.model import DeviceState, Sample, utcnow
+from facility_agent.runtime import agent as agent_module
+from facility_agent.runtime.agent import Agent
 
 OUT = Path(__file__).resolve().parent / "out"
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"

@@ -57,7 +57,7 @@ from _common import (
 
 
 async def _driver_loop(port: int, names: list[str], seconds: float, warmup: float) -> None:
-    from facility_agent.registry import driver_class
+    from facility_agent.core.registry import driver_class
 
     cls = driver_class("nut")
     drivers = [

@@ -345,8 +345,8 @@ async def paced_driver(
 ) -> dict[str, Any]:
     """`hosts` devices under the agent's own DevicePoller at `interval`: CPU per poll at a fixed
     rate, the way the agent spends it (schedule, timeouts, driver, decoding)."""
-    from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
-    from facility_agent.poller import DevicePoller, PollFailed, PollOutcome
+    from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
+    from facility_agent.runtime.poller import DevicePoller, PollFailed, PollOutcome
 
     failed = 0
 
@@ -397,10 +397,10 @@ async def paced_driver(
 async def trap_latency(n: int) -> dict[str, float]:
     from pydantic import SecretStr
 
-    from facility_agent.config import TrapsConfig
-    from facility_agent.drivers import snmp_ber as ber
-    from facility_agent.model import Event
-    from facility_agent.traps import SnmpDevice, TrapListener
+    from facility_agent.config.site import TrapsConfig
+    from facility_agent.core.model import Event
+    from facility_agent.drivers.snmp import wire as ber
+    from facility_agent.drivers.snmp.traps import SnmpDevice, TrapListener
 
     got: list[float] = []
     arrived = asyncio.Event()
@@ -451,9 +451,9 @@ async def trap_latency(n: int) -> dict[str, float]:
 async def run(quick: bool) -> dict[str, Any]:
     from pysnmp.hlapi.v3arch import asyncio as h
 
-    from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
-    from facility_agent.drivers.snmp_ber import parse_oid
-    from facility_agent.drivers.snmp_client import FastClient
+    from facility_agent.drivers.snmp.client import FastClient
+    from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
+    from facility_agent.drivers.snmp.wire import parse_oid
 
     secs = 2.0 if quick else 5.0
     tool_n = 30 if quick else 100

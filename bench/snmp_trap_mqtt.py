@@ -1,7 +1,8 @@
 """Trap -> MQTT event latency, end to end, as in production.
 
 - a private Mosquitto on a free loopback port;
-- the agent in its own process (`facility_agent.agent.Agent` with its default sinks, i.e. the MQTT
+- the agent in its own process (`facility_agent.runtime.agent.Agent` with its default sinks,
+  i.e. the MQTT
   sink over the durable outbox, as `facility-agent run` builds it) from a site file with `traps:`
   (default rate and burst) and `mqtt:`, and one `snmp` device (ups-mib profile) on the simulated
   site's SNMP face, so every trap also triggers the confirming poll it would in production;
@@ -37,8 +38,8 @@ import paho.mqtt.client as mqtt
 from _common import Proc, proc_cpu_seconds, wait_until
 from paho.mqtt.enums import CallbackAPIVersion
 
-from facility_agent.drivers import snmp_ber as ber
-from facility_agent.local_broker import find_mosquitto, free_tcp_port
+from facility_agent.drivers.snmp import wire as ber
+from facility_agent.tools.local_broker import find_mosquitto, free_tcp_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = "trapbench"
@@ -154,8 +155,8 @@ def start_mosquitto(root: Path) -> tuple[Proc, int]:
 
 async def run_agent(site_file: str) -> None:
     """The child: the production Agent (default sinks) until SIGTERM."""
-    from facility_agent.agent import Agent
-    from facility_agent.config import load_site
+    from facility_agent.config.site import load_site
+    from facility_agent.runtime.agent import Agent
 
     agent = Agent(load_site(Path(site_file)))
     stop = asyncio.Event()

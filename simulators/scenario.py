@@ -18,8 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .clock import Clock
-from .site import ALWAYS, UPS_COMMANDS, SimulatedSite, SiteError
+from facility_agent.simulators.clock import Clock
+from facility_agent.simulators.site import ALWAYS, UPS_COMMANDS, SimulatedSite, SiteError
 
 # --------------------------------------------------------------------------------------------
 # Actions

@@ -15,13 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .clock import SimClock
-from .ipmi_bmc import IpmiFace
-from .modbus_server import ModbusFace
-from .nut_server import NutServer, NutUser
-from .scenario import AppliedStep, Scenario, ScenarioRunner, apply_action, load_scenario
-from .site import SimulatedSite
-from .snmp_agent import SnmpAgentFace
+from facility_agent.simulators.clock import SimClock
+from facility_agent.simulators.faces.ipmi import IpmiFace
+from facility_agent.simulators.faces.modbus import ModbusFace
+from facility_agent.simulators.faces.nut import NutServer, NutUser
+from facility_agent.simulators.faces.snmp import SnmpAgentFace
+from facility_agent.simulators.scenario import (
+    AppliedStep,
+    Scenario,
+    ScenarioRunner,
+    apply_action,
+    load_scenario,
+)
+from facility_agent.simulators.site import SimulatedSite
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from facility_agent.agent import Agent
-from facility_agent.config import MqttConfig, SiteConfig
-from facility_agent.registry import driver_class
+from facility_agent.config.site import MqttConfig, SiteConfig
+from facility_agent.core.registry import driver_class
+from facility_agent.runtime.agent import Agent
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.mosquitto import Broker, Collector
 
@@ -140,8 +140,8 @@ async def test_bad_devices_are_lost_with_reasons_and_others_keep_schedule(
 
 async def test_driver_crash_is_contained(mosquitto_broker: Broker) -> None:
     """A driver that raises something unexpected is a failed poll, not a dead agent."""
-    from facility_agent.driver import DeviceConfig, Driver
-    from facility_agent.model import Sample
+    from facility_agent.core.driver import DeviceConfig, Driver
+    from facility_agent.core.model import Sample
 
     class Broken(Driver):
         name = "broken"
@@ -153,14 +153,12 @@ async def test_driver_crash_is_contained(mosquitto_broker: Broker) -> None:
     agent = Agent(SiteConfig(site="lab1", devices=[]), sinks=[])
     seen: list[str] = []
     agent.on_event(lambda e: seen.append(e.type))
-    agent.drivers["b"] = Broken(cfg)
-    from facility_agent.poller import DevicePoller
-
-    agent.pollers["b"] = DevicePoller(agent.drivers["b"], agent._handle)
-    task = asyncio.create_task(agent.pollers["b"].run())
-    await asyncio.sleep(0.5)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await agent.start()
+    try:
+        agent.add_device(cfg, Broken(cfg))
+        await asyncio.sleep(0.5)
+    finally:
+        await agent.stop()
     assert seen == ["device.comm_lost"]
     st = agent.state.get("b")
     assert st is not None and "RuntimeError: bug in a plugin" in (st.reason or "")

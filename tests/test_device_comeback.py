@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from facility_agent.agent import Agent
-from facility_agent.config import parse_site
+from facility_agent.config.site import parse_site
+from facility_agent.runtime.agent import Agent
 from tests.fixtures.procs import Proc, free_port, tcp_open
 
 OUTAGE = 20.0

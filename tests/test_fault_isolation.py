@@ -25,19 +25,20 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from facility_agent.agent import Agent
-from facility_agent.model import DeviceState, Event, Severity
+from facility_agent.cli.status import fetch, judge
+from facility_agent.core.model import DeviceState, Event, Severity
 from facility_agent.outbox import Outbox
-from facility_agent.outputs import build_outputs
 from facility_agent.policy import engine as engine_module
 from facility_agent.policy.journal import Journal
-from facility_agent.poller import DevicePoller
-from facility_agent.runtime import run_service
+from facility_agent.runtime.agent import Agent
+from facility_agent.runtime.poller import DevicePoller
+from facility_agent.runtime.service import run_service
+from facility_agent.runtime.supervise import Supervisor
+from facility_agent.sinks.assemble import build_outputs
+from facility_agent.sinks.base import Sink
 from facility_agent.sinks.mqtt import MqttSink
 from facility_agent.sinks.notify import NotifySink
 from facility_agent.sinks.prometheus import PrometheusSink
-from facility_agent.status_cmd import fetch, judge
-from facility_agent.supervise import Supervisor
 from tests.fixtures.mosquitto import Broker, Collector
 from tests.fixtures.outputs import Mailbox, mail_text
 from tests.fixtures.procs import free_port, require_binary
@@ -54,7 +55,7 @@ from tests.test_policy_engine import (
 from tests.test_snmp_traps_and_tools import _listener
 
 
-class BrokenSink:
+class BrokenSink(Sink):
     """Raises on every state and event, the way a buggy output would."""
 
     name = "broken"
@@ -125,7 +126,7 @@ async def test_raising_sink_never_keeps_mqtt_hooks_or_policy_from_an_event(
     agent = Agent(config, sinks=[broken, *build_outputs(config)])
     rec = Recorder(agent)
     sub = mqtt_subscribe(mosquitto_broker, "facility/lab1/events")
-    caplog.set_level(logging.ERROR, logger="facility_agent.faults")
+    caplog.set_level(logging.ERROR, logger="facility_agent.runtime.faults")
     await agent.start()
     try:
         await asyncio.sleep(0.3)
@@ -262,7 +263,7 @@ def plant_rows(path: Path, rows: list[tuple[str, str, str, Any]]) -> None:
 async def test_bad_mqtt_rows_are_set_aside_and_the_rest_delivered(
     tmp_path: Path, mosquitto_broker: Broker, mqtt_subscribe: Callable[..., Collector]
 ) -> None:
-    from facility_agent.config import MqttConfig
+    from facility_agent.config.site import MqttConfig
 
     path = tmp_path / "outbox.sqlite"
     plant_rows(
@@ -359,7 +360,7 @@ async def test_exception_inside_recovery_ends_in_recovery_failed_and_closes_the_
 # -- /metrics from a thread ----------------------------------------------------------------------
 
 
-class CountingSink:
+class CountingSink(Sink):
     """Counts the events it saw; /metrics shows it as facility_agent_output_seen."""
 
     name = "counting"

@@ -13,10 +13,10 @@ from typing import Any
 
 import orjson
 
-from facility_agent.config import MqttConfig
-from facility_agent.model import DeviceState
+from facility_agent.config.site import MqttConfig
+from facility_agent.core.model import DeviceState
+from facility_agent.core.registry import driver_classes
 from facility_agent.outbox import Outbox
-from facility_agent.registry import driver_classes
 from facility_agent.simulators.serve import RunningSimulator
 from facility_agent.sinks.homeassistant import classify, discovery_messages, human_name, is_live
 from facility_agent.sinks.mqtt import MqttSink

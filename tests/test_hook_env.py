@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from facility_agent.actions.hooks import BASE_ENV, run_hook
-from facility_agent.config import ConfigError, parse_site
-from facility_agent.policy.config import HookConfig, StepConfig
+from facility_agent.config.policy import HookConfig, StepConfig
+from facility_agent.config.site import ConfigError, parse_site
 
 from .test_policy_engine import _world, make_site, outage, started  # noqa: F401  (fixture)
 
@@ -127,7 +127,7 @@ async def test_engine_hooks_and_plan_steps_pass_their_env_key(
 async def test_a_secret_the_hook_prints_is_masked_in_its_output(
     tmp_path: Path, agent_env: None
 ) -> None:
-    from facility_agent import secrets
+    from facility_agent.config import secrets
 
     secrets.remember(SECRETS["MATRIX_PW"])
     script = tmp_path / "echo.py"

@@ -16,9 +16,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from facility_agent.model import DeviceState, Event, Severity
+from facility_agent.config.outputs import InfluxConfig, PrometheusConfig
+from facility_agent.core.model import DeviceState, Event, Severity
 from facility_agent.outbox import Outbox
-from facility_agent.output_config import InfluxConfig, PrometheusConfig
 from facility_agent.sinks.influx import InfluxSink
 from facility_agent.sinks.prometheus import PrometheusSink
 from tests.fixtures.outputs import Victoria

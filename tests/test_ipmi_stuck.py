@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from facility_agent.driver import DeviceError, DeviceTimeout
-from facility_agent.drivers.ipmi import CALL_MARGIN, IpmiDeviceConfig, IpmiDriver
+from facility_agent.core.driver import DeviceError, DeviceTimeout
+from facility_agent.drivers.ipmi.driver import CALL_MARGIN, IpmiDeviceConfig, IpmiDriver
 
 from .fixtures.ipmi import OPEN_SESSION_RESPONSE, IpmiSim, UdpRelay, rmcpplus_payload
 
@@ -126,7 +126,7 @@ class _FlippedToBlocking(socket.socket):
 def test_io_thread_never_blocks_in_recvfrom_on_a_drained_socket() -> None:
     from pyghmi.ipmi.private import session as ps
 
-    from facility_agent.drivers import ipmi
+    from facility_agent.drivers.ipmi import driver as ipmi
 
     ipmi._ensure_patched()
     sock = _FlippedToBlocking(socket.AF_INET, socket.SOCK_DGRAM)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from facility_agent.driver import ActionError, AuthError
-from facility_agent.drivers.ipmi import IpmiDeviceConfig, IpmiDriver
-from facility_agent.model import Sample
+from facility_agent.core.driver import ActionError, AuthError
+from facility_agent.core.model import Sample
+from facility_agent.drivers.ipmi.driver import IpmiDeviceConfig, IpmiDriver
 from facility_agent.simulators.serve import RunningSimulator, SimulatorOptions
 
 from .fixtures.ipmi import PSU1, IpmiSim, start_ipmi_sim

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from facility_agent.driver import DeviceError, DeviceTimeout, ProtocolError
-from facility_agent.drivers.ipmi import IpmiDeviceConfig, IpmiDriver
+from facility_agent.core.driver import DeviceError, DeviceTimeout, ProtocolError
+from facility_agent.drivers.ipmi.driver import IpmiDeviceConfig, IpmiDriver
 from facility_agent.simulators.serve import RunningSimulator, SimulatorOptions
 
 from .fixtures.procs import free_port, require_binary
@@ -232,7 +232,7 @@ async def recovered(driver: IpmiDriver, within: float = 40.0) -> None:
 
 async def test_unavailable_and_unscanned_sensors_are_unknown(sim: RunningSimulator) -> None:
     """IPMI's own "reading unavailable" and "scanning disabled" bits: no value, named unknown."""
-    from facility_agent.simulators.ipmi_bmc import PSU2, SYS_POWER, TEMP_INLET
+    from facility_agent.simulators.faces.ipmi import PSU2, SYS_POWER, TEMP_INLET
 
     assert sim.ipmi is not None
     await sim.ipmi.set_faults("srv-02", unavailable=[TEMP_INLET, PSU2], not_scanning=[SYS_POWER])

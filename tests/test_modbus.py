@@ -18,10 +18,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from facility_agent.driver import ActionError, DeviceError, DeviceTimeout, ProtocolError
-from facility_agent.drivers.modbus import ModbusDeviceConfig, ModbusDriver
-from facility_agent.drivers.modbus_bus import ModbusExceptionError, ModbusMapError, frame_gap
-from facility_agent.drivers.modbus_profile import (
+from facility_agent.core.driver import ActionError, DeviceError, DeviceTimeout, ProtocolError
+from facility_agent.drivers.modbus.bus import ModbusExceptionError, ModbusMapError, frame_gap
+from facility_agent.drivers.modbus.driver import ModbusDeviceConfig, ModbusDriver
+from facility_agent.drivers.modbus.profile import (
     Decoded,
     Point,
     Profile,
@@ -29,10 +29,10 @@ from facility_agent.drivers.modbus_profile import (
     decode_point,
     load_profile,
 )
-from facility_agent.poller import DevicePoller, PollFailed, PollOk, PollOutcome
-from facility_agent.simulators.modbus_server import ModbusFace, encode, load_profile_data
+from facility_agent.runtime.poller import DevicePoller, PollFailed, PollOk, PollOutcome
+from facility_agent.runtime.state import SiteState
+from facility_agent.simulators.faces.modbus import ModbusFace, encode, load_profile_data
 from facility_agent.simulators.serve import RunningSimulator
-from facility_agent.state import SiteState
 
 from .fixtures.modbus import PymodbusPeer
 from .fixtures.procs import require_binary

@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-from facility_agent.driver import ProtocolError
-from facility_agent.drivers import modbus_bus as bus
+from facility_agent.core.driver import ProtocolError
+from facility_agent.drivers.modbus import bus
 
 
 async def test_an_undecodable_tcp_frame_is_a_garbled_reply(

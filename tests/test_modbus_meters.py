@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from facility_agent.drivers.modbus import ModbusDeviceConfig, ModbusDriver
-from facility_agent.drivers.modbus_profile import load_profile
+from facility_agent.drivers.modbus.driver import ModbusDeviceConfig, ModbusDriver
+from facility_agent.drivers.modbus.profile import load_profile
 
 from .fixtures.procs import Proc, free_port, tcp_open, wait_until
 

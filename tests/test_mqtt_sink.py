@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import pytest
 
-from facility_agent.config import MqttConfig
-from facility_agent.model import DeviceState, Event, Severity
+from facility_agent.config.site import MqttConfig
+from facility_agent.core.model import DeviceState, Event, Severity
 from facility_agent.sinks.mqtt import MAX_IN_FLIGHT, MqttSink
 from tests.fixtures.mosquitto import AGENT, READER, Broker, Collector, Received, retained
 from tests.fixtures.procs import Proc, wait_until
@@ -159,7 +159,7 @@ async def test_clean_stop_publishes_offline_retained_and_no_last_will(
 
 SCRIPT = """
 import asyncio, sys
-from facility_agent.config import MqttConfig
+from facility_agent.config.site import MqttConfig
 from facility_agent.sinks.mqtt import MAX_IN_FLIGHT, MqttSink
 
 async def main():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from facility_agent.core.model import Sample
 from facility_agent.drivers.net import NetDeviceConfig, NetDriver
-from facility_agent.model import Sample
 from tests.fixtures.procs import free_port, require_binary
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 
-from facility_agent.model import Event, Severity
+from facility_agent.config.outputs import NotifyRoute
+from facility_agent.core.model import Event, Severity
 from facility_agent.outbox import Outbox
-from facility_agent.output_config import NotifyRoute
 from facility_agent.sinks.notify import NotifySink
 from facility_agent.sinks.notify.alerting import AlertRoute, short_id
 from facility_agent.sinks.notify.commands import interpret

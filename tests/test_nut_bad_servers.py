@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from facility_agent.driver import (
+from facility_agent.core.driver import (
     AuthError,
     DeviceError,
     DeviceTimeout,
     NotFoundError,
     ProtocolError,
 )
-from facility_agent.drivers.nut import NutDeviceConfig, NutDriver
+from facility_agent.drivers.nut.driver import NutDeviceConfig, NutDriver
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from facility_agent.drivers.nut import NutDeviceConfig, NutDriver
-from facility_agent.model import Sample
-from facility_agent.state import SiteState
+from facility_agent.core.model import Sample
+from facility_agent.drivers.nut.driver import NutDeviceConfig, NutDriver
+from facility_agent.runtime.state import SiteState
 
 from .fixtures.nut import NutServer, start_nut
 
@@ -106,7 +106,7 @@ async def test_unknowns_reach_the_published_state_and_are_logged_once(
         NutDeviceConfig(id=case, driver="nut", host=ddl_upsd.host, port=ddl_upsd.port, ups=case)
     )
     state = SiteState("lab")
-    caplog.set_level(logging.WARNING, logger="facility_agent.drivers.nut")
+    caplog.set_level(logging.WARNING, logger="facility_agent.drivers.nut.driver")
     try:
         for _ in range(3):
             sample = await driver.poll()

@@ -1,4 +1,4 @@
-"""The NUT value rules (config/nut-ranges.yaml, drivers/nut_ranges.py), without I/O.
+"""The NUT value rules (config/nut-ranges.yaml, drivers/nut/ranges.py), without I/O.
 
 The recorded dumps (test_nut_ddl.py) prove the bundled rules on real devices; these pin down
 the rule language itself and the sentinels named in the data file.
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from facility_agent.drivers import nut_ranges
-from facility_agent.drivers.nut import convert_metric
-from facility_agent.drivers.nut_ranges import RangeFileError, Ranges, Rule, parse
+from facility_agent.drivers.nut import ranges as nut_ranges
+from facility_agent.drivers.nut.driver import convert_metric
+from facility_agent.drivers.nut.ranges import RangeFileError, Ranges, Rule, parse
 
 BUNDLED = nut_ranges.load()
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from facility_agent.driver import ActionError, AuthError, DeviceError, NotFoundError
-from facility_agent.drivers.nut import NutDeviceConfig, NutDriver
-from facility_agent.model import Sample
+from facility_agent.core.driver import ActionError, AuthError, DeviceError, NotFoundError
+from facility_agent.core.model import Sample
+from facility_agent.drivers.nut.driver import NutDeviceConfig, NutDriver
 from facility_agent.simulators.serve import RunningSimulator, SimulatorOptions
 
 from .fixtures.nut import NutServer

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
-from facility_agent import agent as agent_module
-from facility_agent.agent import Agent
-from facility_agent.config import parse_site
-from facility_agent.driver import Driver
-from facility_agent.model import Sample, utcnow
+from facility_agent.config.site import parse_site
+from facility_agent.core.driver import Driver
+from facility_agent.core.model import Sample, utcnow
+from facility_agent.core.registry import driver_classes
+from facility_agent.runtime import agent as agent_module
+from facility_agent.runtime.agent import Agent
 from tests.fixtures.procs import Proc, free_port, require_binary
 
 WORLD: dict[str, dict[str, Any]] = {}
@@ -75,7 +76,7 @@ def site(tmp_path: Path, port: int) -> Any:
         ),
         "site.yaml",
         env={},
-        drivers=lambda: {"world": WorldDriver},
+        drivers=lambda: {**driver_classes(), "world": WorldDriver},
     )
 
 
@@ -200,7 +201,7 @@ async def test_upsmon_secondary_follows_the_plan(
     upsmon, shut_log, notify_log = start_upsmon(tmp_path / "upsmon", port, procs)
     try:
         await until(
-            lambda: agent.nut_face is not None and len(agent.nut_face._clients) >= 2,
+            lambda: "nut" in agent.services and len(agent.services["nut"]._clients) >= 2,  # type: ignore[attr-defined]
             15,
             "upsmon logged in",
         )
@@ -249,9 +250,9 @@ async def test_upsmon_secondary_follows_the_plan(
 
 
 async def test_login_rules_stale_data_and_nothing_writable() -> None:
-    from facility_agent.model import DeviceState
-    from facility_agent.nut_face.config import NutServerConfig
-    from facility_agent.nut_face.server import NutFace
+    from facility_agent.core.model import DeviceState
+    from facility_agent.drivers.nut.face.config import NutServerConfig
+    from facility_agent.drivers.nut.face.server import NutFace
 
     states = {
         "ups-a": DeviceState("ups-a", "world", utcnow(), "ok", ("OL",), {"battery.charge": 97.5}),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from facility_agent.driver import AuthError, DeviceError, NotFoundError, ProtocolError
-from facility_agent.drivers import nut_protocol as p
-from facility_agent.drivers.nut import NutDeviceConfig, NutDriver, convert_metric
+from facility_agent.core.driver import AuthError, DeviceError, NotFoundError, ProtocolError
+from facility_agent.drivers.nut import protocol as p
+from facility_agent.drivers.nut.driver import NutDeviceConfig, NutDriver, convert_metric
 
 WHERE = "10.0.0.9:3493"
 

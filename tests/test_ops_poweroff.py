@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from facility_agent.config import parse_site
-from facility_agent.drill import host_power_steps, run_drill
+from facility_agent.config.site import parse_site
+from facility_agent.tools.drill import host_power_steps, run_drill
 
 CLI = [sys.executable, "-m", "facility_agent.cli"]
 

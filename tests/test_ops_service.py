@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from facility_agent.logfmt import JournalFormatter, JsonFormatter
-from facility_agent.sdnotify import Notifier
-from facility_agent.service import bundled_unit
+from facility_agent.cli.install_service import bundled_unit
+from facility_agent.runtime.logfmt import JournalFormatter, JsonFormatter
+from facility_agent.runtime.sdnotify import Notifier
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.procs import Proc, free_port, require_binary, wait_until
 
@@ -147,7 +147,8 @@ def system_install() -> Iterator[Path]:
     )
     program = venv / "bin/facility-agent"
     program.write_text(
-        f"#!{venv}/bin/python\nimport sys\nfrom facility_agent.cli import main\nsys.exit(main())\n"
+        f"#!{venv}/bin/python\nimport sys\n"
+        "from facility_agent.cli.main import main\nsys.exit(main())\n"
     )
     program.chmod(0o755)
     yield program
@@ -342,13 +343,13 @@ def test_notifier_without_systemd_is_silent() -> None:
 
 def test_log_formats_carry_device_and_event() -> None:
     record = logging.LogRecord(
-        "facility_agent.agent", logging.ERROR, "x", 1, "ups-a lost", (), None
+        "facility_agent.runtime.agent", logging.ERROR, "x", 1, "ups-a lost", (), None
     )
     record.device = "ups-a"
     record.event_id = "01JTEST"
     record.event_type = "device.comm_lost"
     line = JournalFormatter().format(record)
-    assert line.startswith("<3>ERROR agent: ups-a lost")
+    assert line.startswith("<3>ERROR runtime.agent: ups-a lost")
     assert "device=ups-a event=01JTEST type=device.comm_lost" in line
     body = json.loads(JsonFormatter().format(record))
     assert body["level"] == "error" and body["device"] == "ups-a" and body["event"] == "01JTEST"

@@ -169,7 +169,7 @@ async def test_full_disk_is_logged_policy_applied_and_survived(
         box._db.execute(f"PRAGMA max_page_count={pages}")
 
     await loop.run_in_executor(box._executor, cap)
-    with caplog.at_level(logging.ERROR, "facility_agent.outbox"):
+    with caplog.at_level(logging.ERROR, "facility_agent.outbox.store"):
         for _ in range(300):
             box.put("mqtt", "state", "", blob, None)
         box.put("mqtt", "event", "", b"the event", None)

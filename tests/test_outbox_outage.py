@@ -22,9 +22,9 @@ from typing import Any
 import orjson
 import yaml
 
-from facility_agent.agent import Agent
-from facility_agent.config import parse_site
-from facility_agent.model import DeviceState, Event, iso_ts
+from facility_agent.config.site import parse_site
+from facility_agent.core.model import DeviceState, Event, iso_ts
+from facility_agent.runtime.agent import Agent
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.mosquitto import Broker, Collector, Received
 from tests.fixtures.procs import Proc

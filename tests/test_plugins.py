@@ -8,11 +8,11 @@ import sys
 import textwrap
 from pathlib import Path
 
-from facility_agent.registry import ENTRY_POINT_GROUP, driver_classes
+from facility_agent.core.registry import ENTRY_POINT_GROUP, driver_classes
 
 PLUGIN = """
-from facility_agent.driver import DeviceConfig, Driver
-from facility_agent.model import Sample, utcnow
+from facility_agent.core.driver import DeviceConfig, Driver
+from facility_agent.core.model import Sample, utcnow
 
 
 class ThermoConfig(DeviceConfig):
@@ -62,8 +62,8 @@ def test_third_party_driver_is_found_and_validated(tmp_path: Path) -> None:
         """
         import asyncio
         import sys
-        from facility_agent.agent import Agent
-        from facility_agent.config import load_site
+        from facility_agent.runtime.agent import Agent
+        from facility_agent.config.site import load_site
 
         async def main():
             agent = Agent(load_site(sys.argv[1]), sinks=[])

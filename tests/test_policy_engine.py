@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import yaml
 
-from facility_agent import agent as agent_module
-from facility_agent.agent import Agent
-from facility_agent.config import parse_site
-from facility_agent.driver import ActionError, DeviceConfig, Driver
-from facility_agent.model import Event, Sample, utcnow
+from facility_agent.config.site import parse_site
+from facility_agent.core.driver import ActionError, DeviceConfig, Driver
+from facility_agent.core.model import Event, Sample, utcnow
+from facility_agent.runtime import agent as agent_module
+from facility_agent.runtime.agent import Agent
 
 WORLD: dict[str, dict[str, Any]] = {}
 ACTIONS: list[tuple[str, str]] = []
@@ -340,7 +340,7 @@ async def test_device_strings_reach_hooks_only_as_data(tmp_path: Path) -> None:
 
 
 def test_policy_cross_references_are_checked(tmp_path: Path) -> None:
-    from facility_agent.config import ConfigError
+    from facility_agent.config.site import ConfigError
 
     bad = {
         "site": "lab1",
@@ -360,7 +360,7 @@ def test_policy_cross_references_are_checked(tmp_path: Path) -> None:
 
 
 def test_step_must_be_one_kind() -> None:
-    from facility_agent.policy.config import StepConfig
+    from facility_agent.config.policy import StepConfig
 
     with pytest.raises(ValueError, match="exactly one of"):
         StepConfig.model_validate({"run": ["x"], "wait": 1})

@@ -16,11 +16,11 @@ from typing import Any
 
 import yaml
 
-from facility_agent.agent import Agent
-from facility_agent.config import parse_site
-from facility_agent.model import DeviceState, Event
-from facility_agent.policy.config import GroupConfig
+from facility_agent.config.policy import GroupConfig
+from facility_agent.config.site import parse_site
+from facility_agent.core.model import DeviceState, Event
 from facility_agent.policy.evaluate import Blind, GroupEvaluator, unknown_inputs
+from facility_agent.runtime.agent import Agent
 
 from .fixtures.snmp import Snmpd
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from facility_agent.drivers import modbus_profile, snmp_profile
-from facility_agent.drivers.snmp_profile import Column, ProfileError
+from facility_agent.drivers.modbus import profile as modbus_profile
+from facility_agent.drivers.snmp import profile as snmp_profile
+from facility_agent.drivers.snmp.profile import Column, ProfileError
 from facility_agent.drivers.valid import not_a_reading, parse_range
 
 PROFILES = Path(__file__).parents[1] / "config" / "profiles"

@@ -6,8 +6,8 @@ import asyncio
 import urllib.request
 from datetime import UTC, datetime
 
-from facility_agent.model import DeviceState
-from facility_agent.output_config import PrometheusConfig
+from facility_agent.config.outputs import PrometheusConfig
+from facility_agent.core.model import DeviceState
 from facility_agent.sinks.prometheus import PrometheusSink
 
 

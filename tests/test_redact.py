@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from facility_agent import secrets
-from facility_agent.config import parse_site
-from facility_agent.logfmt import formatter
-from facility_agent.redact import MASK, RedactFilter, Redactor, forms, install
+from facility_agent.config import secrets
+from facility_agent.config.site import parse_site
+from facility_agent.runtime.logfmt import formatter
+from facility_agent.runtime.redact import MASK, RedactFilter, Redactor, forms, install
 
 
 def spellings(value: str) -> set[str]:
@@ -125,7 +125,7 @@ def site_file(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_loading_a_site_registers_its_secrets(site_file: Path) -> None:
-    from facility_agent.config import load_site
+    from facility_agent.config.site import load_site
 
     load_site(site_file, env={"MQTT_PW_T": "env/secret+5"})
     redact = Redactor()

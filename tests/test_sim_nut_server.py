@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from facility_agent.simulators.nut_server import NutServer, quote, split_line
+from facility_agent.simulators.faces.nut import NutServer, quote, split_line
 from facility_agent.simulators.scenario import ScenarioError
 from facility_agent.simulators.serve import (
     RunningSimulator,

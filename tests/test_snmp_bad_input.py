@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from facility_agent.driver import DeviceError, DeviceTimeout, ProtocolError
-from facility_agent.drivers import snmp_ber as ber
-from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
-from facility_agent.simulators import snmp_agent as sa
+from facility_agent.core.driver import DeviceError, DeviceTimeout, ProtocolError
+from facility_agent.drivers.snmp import wire as ber
+from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
+from facility_agent.simulators.faces import snmp as sa
 
 Handler = Callable[[sa.Request], bytes | None]
 
@@ -214,7 +214,7 @@ async def test_simulator_drops_malformed_packets_and_keeps_serving() -> None:
 
 
 def test_counter_wrap_and_agent_restart() -> None:
-    from facility_agent.drivers.snmp import _Counter
+    from facility_agent.drivers.snmp.driver import _Counter
 
     c = _Counter(2**32 - 10)
     assert c.update(5, 2**32) == 2**32 + 5  # wrapped: +15

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from facility_agent.driver import AuthError, DeviceTimeout
-from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
+from facility_agent.core.driver import AuthError, DeviceTimeout
+from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.snmp import UPS_ON_BATTERY, V3_AUTH, V3_PRIV, V3_USER, Snmpd
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
-from facility_agent.drivers.snmp_profile import ProfileError, load_profile
+from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
+from facility_agent.drivers.snmp.profile import ProfileError, load_profile
 
 from .fixtures.snmp import serve_recording
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from facility_agent.cli import main
-from facility_agent.model import Sample
+from facility_agent.cli.main import main
+from facility_agent.core.model import Sample
 
 from .test_snmp_recordings import CASES, driver, serve
 
@@ -107,7 +107,7 @@ def test_check_probe_names_the_profile_and_why_and_a_stranger_gets_the_recorder(
 def test_status_shows_the_profile_auto_picked(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from facility_agent.status_cmd import OK, Retained, Verdict, render
+    from facility_agent.cli.status import OK, Retained, Verdict, render
 
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps the table to the terminal width
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from facility_agent.drivers.snmp import SnmpDeviceConfig, SnmpDriver
+from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 
 from .fixtures.snmp import serve_recording
 

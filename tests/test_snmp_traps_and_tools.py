@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from facility_agent.agent import Agent
-from facility_agent.config import TrapsConfig, TrapUser, parse_site
-from facility_agent.drivers.snmp_profile import bundled_names, load_profile
-from facility_agent.model import Event
+from facility_agent.config.site import parse_site
+from facility_agent.core.model import Event
+from facility_agent.drivers.snmp.profile import bundled_names, load_profile
+from facility_agent.drivers.snmp.traps import SnmpDevice, TrapListener
+from facility_agent.drivers.snmp.traps_config import TrapsConfig, TrapUser
+from facility_agent.runtime.agent import Agent
 from facility_agent.simulators.serve import RunningSimulator
-from facility_agent.traps import SnmpDevice, TrapListener
 from tests.fixtures.procs import free_port, require_binary
 from tests.fixtures.snmp import Snmptrapd, client_env
 
@@ -317,7 +318,7 @@ devices:
         await _wait(
             lambda: agent.state.get("ups-a") is not None and agent.state.get("wan") is not None
         )
-        assert agent.traps is not None
+        assert "snmp" in agent.services
         polls_before = agent.pollers["ups-a"].polls
         started = time.monotonic()
         sim.inject("utility.fail")
@@ -343,7 +344,7 @@ async def test_trap_port_that_cannot_be_bound_does_not_stop_the_agent() -> None:
         site = parse_site(f'site: lab\ntraps: {{listen: "127.0.0.1:{port}"}}\n')
         agent = Agent(site, sinks=[])
         await agent.start()
-        assert agent.traps is None
+        assert "snmp" not in agent.services
         await agent.stop()
     finally:
         blocker.close()

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from facility_agent.config import parse_site
-from facility_agent.drill import host_power_steps
+from facility_agent.config.site import parse_site
 from facility_agent.policy.journal import Journal
+from facility_agent.tools.drill import host_power_steps
 from tests.fixtures.procs import free_port, tcp_open
 from tests.fixtures.sshd import Sshd, keygen
 

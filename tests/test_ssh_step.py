@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from facility_agent.policy.config import StageConfig, StepConfig
+from facility_agent.config.policy import StageConfig, StepConfig
 from facility_agent.policy.journal import Journal
 from facility_agent.policy.plan import PlanRunner, StepContext, execute_step
 from tests.fixtures.procs import free_port, wait_until
@@ -155,7 +155,7 @@ def test_secrets_stay_out_of_logs(
 
 CHILD = """
 import asyncio, sys
-from facility_agent.policy.config import StageConfig, StepConfig
+from facility_agent.config.policy import StageConfig, StepConfig
 from facility_agent.policy.journal import Journal
 from facility_agent.policy.plan import PlanRunner, StepContext
 import json
@@ -216,7 +216,7 @@ def test_password_refused_and_never_shown(
 
 
 def test_site_file_key_from_a_secret_file(sshd_server: Sshd, tmp_path: Path) -> None:
-    from facility_agent.config import parse_site
+    from facility_agent.config.site import parse_site
 
     known = sshd_server.known_hosts(tmp_path / "known_hosts")
     text = f"""\

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from facility_agent.agent import Agent
+from facility_agent.runtime.agent import Agent
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.podman import Podman
 from tests.fixtures.procs import Proc

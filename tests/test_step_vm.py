@@ -23,10 +23,10 @@ import yaml
 
 from facility_agent.actions import libvirt_guests
 from facility_agent.actions.targets import TargetLog
-from facility_agent.agent import Agent
-from facility_agent.policy.config import StageConfig, VmStep
+from facility_agent.config.policy import StageConfig, VmStep
 from facility_agent.policy.journal import Journal
 from facility_agent.policy.plan import PlanRunner, StepContext, StepOutcome
+from facility_agent.runtime.agent import Agent
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.libvirtd import Libvirtd
 from tests.fixtures.procs import Proc, free_port
@@ -293,7 +293,7 @@ async def test_against_a_real_libvirtd_another_connection_sees_the_guests_off(
 def test_step_kinds_are_checked_when_the_site_file_is_read() -> None:
     from pydantic import ValidationError
 
-    from facility_agent.policy.config import StepConfig
+    from facility_agent.config.policy import StepConfig
 
     with pytest.raises(ValidationError, match="exactly one of"):
         StepConfig.model_validate({"vm": {}, "wait": 1})

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from facility_agent.config import TrapsConfig
-from facility_agent.model import Event
-from facility_agent.traps import SnmpDevice, TrapListener
+from facility_agent.core.model import Event
+from facility_agent.drivers.snmp.traps import SnmpDevice, TrapListener
+from facility_agent.drivers.snmp.traps_config import TrapsConfig
 from tests.fixtures.procs import free_port, require_binary
 from tests.fixtures.snmp import client_env
 

@@ -1,5 +1,5 @@
 """The site box's own network: link and bond state from sysfs (driver), path probes (probe)."""
 
-from .driver import NetDeviceConfig, NetDriver, PathConfig
+from facility_agent.drivers.net.driver import NetDeviceConfig, NetDriver, PathConfig
 
 __all__ = ["NetDeviceConfig", "NetDriver", "PathConfig"]

@@ -14,11 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from facility_agent.driver import DeviceConfig, Driver
-from facility_agent.model import MetricValue, Sample, utcnow
-from facility_agent.units import Duration
-
-from .probe import icmp_reachable, tcp_reachable
+from facility_agent.core.driver import DeviceConfig, Driver
+from facility_agent.core.model import MetricValue, Sample, utcnow
+from facility_agent.core.units import Duration
+from facility_agent.drivers.net.probe import icmp_reachable, tcp_reachable
 
 SYSFS_NET = "/sys/class/net"
 

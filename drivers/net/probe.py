@@ -20,7 +20,7 @@ import time
 import icmplib
 from icmplib.utils import unique_identifier
 
-from facility_agent.driver import DeviceError
+from facility_agent.core.driver import DeviceError
 
 _SEQUENCE = itertools.count(random.randrange(0x10000))
 #: None until the first echo: then whether raw sockets work here.

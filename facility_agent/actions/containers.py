@@ -16,8 +16,8 @@ import docker
 import docker.errors
 import requests
 
-from ..policy.config import ContainersStep
-from .targets import Tally, TargetLog
+from facility_agent.actions.targets import Tally, TargetLog
+from facility_agent.config.policy import ContainersStep
 
 PROJECT_LABEL = "com.docker.compose.project"
 #: States of a container that is up: a paused one holds its state too and must be stopped.

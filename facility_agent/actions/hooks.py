@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from ..redact import redact
+from facility_agent.runtime.redact import redact
 
 #: How much of a hook's stdout/stderr is kept for the log and the outcome event.
 OUTPUT_TAIL = 2000

@@ -17,8 +17,8 @@ from typing import Any
 
 import libvirt
 
-from ..policy.config import VmStep
-from .targets import STOPPED, Tally, TargetLog, groups, is_glob, public_uri
+from facility_agent.actions.targets import STOPPED, Tally, TargetLog, groups, is_glob, public_uri
+from facility_agent.config.policy import VmStep
 
 #: libvirt prints every error to stderr by default; they are raised as exceptions anyway.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from ..units import Duration
+from facility_agent.core.units import Duration
 
 
 class SshTarget(BaseModel):

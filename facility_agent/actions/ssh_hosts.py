@@ -14,7 +14,7 @@ from pathlib import Path
 
 import asyncssh
 
-from .ssh_config import SshTarget
+from facility_agent.actions.ssh_config import SshTarget
 
 #: (target, event type, message): how a step reports something worse than its own failure.
 Alert = Callable[[str, str, str], None]

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..redact import redact
+from facility_agent.runtime.redact import redact
 
 if TYPE_CHECKING:
-    from ..policy.journal import Journal
+    from facility_agent.policy.journal import Journal
 
 STOPPED = ("stopped", "stopping")
 

@@ -16,14 +16,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..actions.hooks import run_hook
-from ..actions.targets import stopped_by
-from ..driver import Driver
-from ..model import DeviceState, Event, Severity, utcnow
-from ..state import SiteState
-from ..supervise import Supervisor
-from .config import PolicyConfig, StageConfig, StepConfig
-from .evaluate import (
+from facility_agent.actions.hooks import run_hook
+from facility_agent.actions.targets import stopped_by
+from facility_agent.config.policy import PolicyConfig, StageConfig, StepConfig
+from facility_agent.core.driver import Driver
+from facility_agent.core.model import DeviceState, Event, Severity, utcnow
+from facility_agent.policy.evaluate import (
     Blind,
     GroupEvaluator,
     GroupView,
@@ -33,8 +31,16 @@ from .evaluate import (
     power_view,
     unknown_inputs,
 )
-from .journal import Journal, RunRecord
-from .plan import PlanRunner, StepContext, StepOutcome, execute_step, start_copy
+from facility_agent.policy.journal import Journal, RunRecord
+from facility_agent.policy.plan import (
+    PlanRunner,
+    StepContext,
+    StepOutcome,
+    execute_step,
+    start_copy,
+)
+from facility_agent.runtime.state import SiteState
+from facility_agent.runtime.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,14 @@ def trigger_holds(policy: PolicyConfig) -> dict[str, Held]:
 
 
 class PolicyEngine:
+    """Decides and acts for one site: evaluates the redundancy groups and the shutdown
+    triggers on every new state and on a tick, runs the shutdown plan and then recovery as
+    journaled tasks (`PlanRunner`), and fires the hooks events match.
+
+    The decisions are pure (`evaluate.py`); this class owns the timing, the tasks and their
+    cancellation (power back before the point of no return cancels a plan), and resumes an
+    interrupted plan from the journal at start."""
+
     def __init__(
         self,
         site: str,

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..model import DeviceState, MetricValue
-from .config import ConfirmCondition, GroupConfig, Member
+from facility_agent.config.policy import ConfirmCondition, GroupConfig, Member
+from facility_agent.core.model import DeviceState, MetricValue
 
 GroupStatus = Literal["ok", "degraded", "lost"]
 

@@ -97,6 +97,10 @@ class StepRecord:
 
 
 class Journal:
+    """The plan journal of one site (one SQLite file): runs, steps and what each step
+    stopped, written by one writer thread in order; see the module docstring for the rules
+    a crash-safe resume relies on."""
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="journal-writer")

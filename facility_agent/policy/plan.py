@@ -15,11 +15,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..actions.hooks import run_hook
-from ..actions.targets import TargetLog, stopped_by
-from ..driver import Driver
-from .config import StageConfig, StepConfig
-from .journal import Journal
+from facility_agent.actions.hooks import run_hook
+from facility_agent.actions.targets import TargetLog, stopped_by
+from facility_agent.config.policy import StageConfig, StepConfig
+from facility_agent.core.driver import Driver
+from facility_agent.policy.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def start_copy(step: StepConfig, position: tuple[int, int, int]) -> StepConfig:
 
 async def _targets_step(step: StepConfig, ctx: StepContext) -> tuple[bool, str]:
     # Imported here: libvirt and the docker SDK cost ~0.25 s, paid only by sites that use them.
-    from ..actions import containers, libvirt_guests
+    from facility_agent.actions import containers, libvirt_guests
 
     log = TargetLog(ctx.journal, ctx.position)
     if step.action == START:
@@ -108,7 +108,7 @@ async def execute_step(
         assert step.ssh is not None
         if ctx.dry_run:
             return True, f"dry run: would run on {step.ssh.where}: " + " ".join(step.ssh.run)
-        from ..actions.ssh_hosts import run_ssh
+        from facility_agent.actions.ssh_hosts import run_ssh
 
         remote = await run_ssh(step.ssh, step.timeout, ctx.alert)
         return remote.ok, remote.detail
@@ -133,6 +133,12 @@ async def execute_step(
 
 
 class PlanRunner:
+    """Runs the stages of one journaled plan run, from the first stage not yet done.
+
+    The steps of a stage run in parallel; the next stage starts when all of them ended (or
+    failed, per `on_failure`). Each step is marked `started` durably before it runs and
+    `done`/`failed` after, so a restart resumes exactly at the step that was interrupted."""
+
     def __init__(
         self,
         journal: Journal,

@@ -26,8 +26,8 @@ from typing import Any
 
 import orjson
 
-from .. import __version__
-from ..model import DeviceState
+from facility_agent import __version__
+from facility_agent.core.model import DeviceState
 
 #: Last part of a NUT-style name -> (device_class, unit); None = no class.
 _BY_SUFFIX: dict[str, tuple[str | None, str | None]] = {

@@ -39,11 +39,13 @@ from influxdb_client.client.write_api import SYNCHRONOUS, WriteApi
 from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 
-from ..model import DeviceState, Event
-from ..outbox import Channel, Outbox, Row
-from ..output_config import InfluxConfig, redact_url
-from ..supervise import Supervisor
-from .comeback import retry_wait, url_target
+from facility_agent.config.outputs import InfluxConfig, redact_url
+from facility_agent.core.model import DeviceState, Event
+from facility_agent.outbox import Channel, Outbox, Row
+from facility_agent.runtime.faults import Faults
+from facility_agent.runtime.supervise import Supervisor
+from facility_agent.sinks.base import Sink
+from facility_agent.sinks.comeback import retry_wait, url_target
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +99,7 @@ class _Refused(Exception):
         self.body = body
 
 
-class InfluxSink:
+class InfluxSink(Sink):
     """Writes readings and events to InfluxDB through the outbox."""
 
     name = "influxdb"
@@ -119,6 +121,9 @@ class InfluxSink:
         self.supervisor = Supervisor()
         #: Probed between retries, so that a server back from an outage is written to at once.
         self._target = url_target(config.url)
+
+    def attach(self, supervisor: Supervisor, faults: Faults) -> None:
+        self.supervisor = supervisor
 
     async def start(self) -> None:
         if self._task is not None:

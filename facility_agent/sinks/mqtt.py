@@ -30,7 +30,7 @@ the queue in its original order and is re-sent, after `online`, once connected a
 acknowledged by the broker whose PUBACK was lost is sent again: QoS1 is at-least-once, and events
 keep their `id` (the payload bytes are built once) so consumers can drop duplicates.
 
-With an outbox (the default in the agent, facility_agent/outbox.py) the in-memory queue becomes a
+With an outbox (the default in the agent, facility_agent/outbox/) the in-memory queue becomes a
 window onto the file: every message is written there first and handed to this queue only once
 committed; a PUBACK deletes it from the file. While the broker is away the queue holds at most
 the outbox window, the rest waits on disk and streams in, in order, once the broker is back, also
@@ -63,12 +63,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ..config import MqttConfig
-from ..model import DeviceState, Event
-from ..outbox import Channel, Outbox, Row
-from ..supervise import Supervisor
-from .comeback import port_open
-from .homeassistant import discovery_messages
+from facility_agent.config.site import MqttConfig
+from facility_agent.core.model import DeviceState, Event
+from facility_agent.outbox import Channel, Outbox, Row
+from facility_agent.runtime.faults import Faults
+from facility_agent.runtime.supervise import Supervisor
+from facility_agent.sinks.base import Sink
+from facility_agent.sinks.comeback import port_open
+from facility_agent.sinks.homeassistant import discovery_messages
 
 log = logging.getLogger(__name__)
 #: paho's own log: it reports every lost connection at ERROR, next to our own clearer warning,
@@ -108,7 +110,7 @@ class _Message:
 _RETAINED_KINDS = frozenset({"state", "discovery"})
 
 
-class MqttSink:
+class MqttSink(Sink):
     """Publishes device states and events to one MQTT broker, surviving its outages."""
 
     name = "mqtt"
@@ -141,6 +143,9 @@ class MqttSink:
         self._watchdog: asyncio.Task[None] | None = None
 
     # -- the API the agent uses ------------------------------------------------------------
+
+    def attach(self, supervisor: Supervisor, faults: Faults) -> None:
+        self.supervisor = supervisor
 
     async def start(self) -> None:
         """Begin connecting in the background; returns at once even if the broker is down."""

@@ -33,11 +33,12 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..faults import Faults
-from ..model import DeviceState, Event
-from ..outbox import Outbox
-from ..output_config import PrometheusConfig
-from ..supervise import Supervisor
+from facility_agent.config.outputs import PrometheusConfig
+from facility_agent.core.model import DeviceState, Event
+from facility_agent.outbox import Outbox
+from facility_agent.runtime.faults import Faults
+from facility_agent.runtime.supervise import Supervisor
+from facility_agent.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("prometheus http: " + format, *args)
 
 
-class PrometheusSink:
+class PrometheusSink(Sink):
     """Serves `/metrics` and `/healthz`; fed by the agent like any other output."""
 
     name = "prometheus"
@@ -129,6 +130,10 @@ class PrometheusSink:
         """The bound port (useful with `listen: 127.0.0.1:0`)."""
         assert self._server is not None
         return int(self._server.server_port)
+
+    def attach(self, supervisor: Supervisor, faults: Faults) -> None:
+        self.supervisor = supervisor
+        self.faults = faults
 
     async def start(self) -> None:
         if self._server is not None:

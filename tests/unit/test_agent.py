@@ -6,11 +6,12 @@ import asyncio
 
 import pytest
 
-from facility_agent import agent as agent_module
-from facility_agent.agent import Agent
-from facility_agent.config import MqttConfig, SiteConfig
-from facility_agent.driver import DeviceConfig, Driver
-from facility_agent.model import DeviceState, Event, Sample, utcnow
+from facility_agent.config.site import MqttConfig, SiteConfig
+from facility_agent.core.driver import DeviceConfig, Driver
+from facility_agent.core.model import DeviceState, Event, Sample, utcnow
+from facility_agent.runtime import agent as agent_module
+from facility_agent.runtime.agent import Agent
+from facility_agent.sinks.base import Sink
 
 
 class FlagDriver(Driver):
@@ -27,7 +28,7 @@ class FlagDriver(Driver):
         FlagDriver.closed += 1
 
 
-class RecordingSink:
+class RecordingSink(Sink):
     def __init__(self) -> None:
         self.states: list[DeviceState] = []
         self.events: list[Event] = []

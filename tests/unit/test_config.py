@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from facility_agent.config import ConfigError, load_site, parse_site
-from facility_agent.driver import DeviceConfig, Driver
-from facility_agent.model import Sample
+from facility_agent.config.site import ConfigError, load_site, parse_site
+from facility_agent.core.driver import DeviceConfig, Driver
+from facility_agent.core.model import Sample
 
 
 class _FakeDriver(Driver):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from facility_agent.drivers.ipmi_decode import (
+from facility_agent.drivers.ipmi.decode import (
     SelRecord,
     SensorValue,
     decode_6bit_ascii,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from facility_agent.config import ConfigError, parse_site
-from facility_agent.output_config import parse_size, redact_url
-from facility_agent.outputs import build_outputs, feeds_from
+from facility_agent.config.outputs import OutboxConfig, redact_url
+from facility_agent.config.site import ConfigError, parse_site
+from facility_agent.sinks.assemble import build_outputs, feeds_from
 
 SITE = """
 site: lab1
@@ -69,9 +70,12 @@ def test_redact_url_keeps_no_credentials() -> None:
 
 
 def test_sizes() -> None:
-    assert parse_size("1GiB") == 1024**3 and parse_size(4096) == 4096
-    with pytest.raises(ValueError):
-        parse_size("many")
+    assert OutboxConfig(max_bytes="1GiB").max_bytes == 1024**3
+    assert OutboxConfig(max_bytes="512MB").max_bytes == 512 * 1000**2
+    assert OutboxConfig(max_bytes=65536).max_bytes == 65536
+    for bad in ("many", 100):
+        with pytest.raises(ValidationError):
+            OutboxConfig(max_bytes=bad)
 
 
 def test_topology_becomes_feeds() -> None:

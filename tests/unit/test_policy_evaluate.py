@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from facility_agent.model import DeviceState, utcnow
-from facility_agent.policy.config import ConfirmCondition, GroupConfig
+from facility_agent.config.policy import ConfirmCondition, GroupConfig
+from facility_agent.core.model import DeviceState, utcnow
 from facility_agent.policy.evaluate import GroupEvaluator, Held, power_view
 
 

@@ -6,9 +6,15 @@ import asyncio
 import random
 import time
 
-from facility_agent.driver import AuthError, DeviceConfig, DeviceError, Driver
-from facility_agent.model import Sample, utcnow
-from facility_agent.poller import DevicePoller, PollFailed, PollOk, PollOutcome, backoff_delay
+from facility_agent.core.driver import AuthError, DeviceConfig, DeviceError, Driver
+from facility_agent.core.model import Sample, utcnow
+from facility_agent.runtime.poller import (
+    DevicePoller,
+    PollFailed,
+    PollOk,
+    PollOutcome,
+    backoff_delay,
+)
 
 
 class ScriptedDriver(Driver):

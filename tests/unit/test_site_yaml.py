@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from facility_agent.config import ConfigError, parse_site
-from facility_agent.site_yaml import MAX_DEPTH, MAX_EXPANSION
+from facility_agent.config.loader import MAX_DEPTH, MAX_EXPANSION
+from facility_agent.config.site import ConfigError, parse_site
 
 SITE = """\
 site:

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from pyasn1.codec.ber import decoder, encoder
 from pysnmp.proto import api, rfc1905
 
-from facility_agent.drivers import snmp_ber
-from facility_agent.simulators import snmp_agent as sa
+from facility_agent.drivers.snmp import wire as snmp_ber
+from facility_agent.simulators.faces import snmp as sa
 from facility_wire import ber
 
 P: Any = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]

@@ -1,10 +1,10 @@
-"""How `profile: auto` ranks the bundled profiles (drivers/snmp_detect.py): a sysObjectID match
+"""How `profile: auto` ranks the bundled profiles (drivers/snmp/detect.py): a sysObjectID match
 with its probe beats a probe-only match; among equals, the higher priority wins."""
 
 from __future__ import annotations
 
-from facility_agent.drivers.snmp_ber import parse_oid
-from facility_agent.drivers.snmp_detect import candidates, choose
+from facility_agent.drivers.snmp.detect import candidates, choose
+from facility_agent.drivers.snmp.wire import parse_oid
 
 MGE = parse_oid("1.3.6.1.4.1.705.1.1.1.0")
 XUPS = parse_oid("1.3.6.1.4.1.534.1.1.2.0")

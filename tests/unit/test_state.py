@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from facility_agent.model import Sample
-from facility_agent.state import SiteState
+from facility_agent.core.model import Sample
+from facility_agent.runtime.state import SiteState
 
 T0 = datetime(2026, 11, 25, 21, 0, 0, 123000, tzinfo=UTC)
 

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ...model import DeviceState, Event, Severity
-from ...output_config import NotifyRoute
+from facility_agent.config.outputs import NotifyRoute
+from facility_agent.core.model import DeviceState, Event, Severity
 
 #: Resolving event type -> the alert types it resolves.
 RESOLVED_BY: dict[str, tuple[str, ...]] = {

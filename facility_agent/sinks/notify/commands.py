@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping, Sequence
 
-from ...model import DeviceState
-from ...units import parse_duration
-from .alerting import AlertRoute, hhmm
+from facility_agent.core.model import DeviceState
+from facility_agent.core.units import parse_duration
+from facility_agent.sinks.notify.alerting import AlertRoute, hhmm
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import apprise
 import orjson
 
-from ...model import Severity
-from ...outbox import Channel, Outbox, Row
-from ...output_config import NotifyRoute, redact_url
-from ..comeback import retry_wait, url_target
-from .alerting import AlertRoute, Message, hhmm, human_duration
+from facility_agent.config.outputs import NotifyRoute, redact_url
+from facility_agent.core.model import Severity
+from facility_agent.outbox import Channel, Outbox, Row
+from facility_agent.sinks.comeback import retry_wait, url_target
+from facility_agent.sinks.notify.alerting import AlertRoute, Message, hhmm, human_duration
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,16 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ...model import DeviceState, Event, Severity
-from ...outbox import Outbox
-from ...output_config import NotifyRoute
-from ...supervise import Supervisor
-from .alerting import Message
-from .commands import interpret
-from .delivery import DeliveryRoute
-from .matrix import MatrixCommands, MatrixTarget
+from facility_agent.config.outputs import NotifyRoute
+from facility_agent.core.model import DeviceState, Event, Severity
+from facility_agent.outbox import Outbox
+from facility_agent.runtime.faults import Faults
+from facility_agent.runtime.supervise import Supervisor
+from facility_agent.sinks.base import Sink
+from facility_agent.sinks.notify.alerting import Message
+from facility_agent.sinks.notify.commands import interpret
+from facility_agent.sinks.notify.delivery import DeliveryRoute
+from facility_agent.sinks.notify.matrix import MatrixCommands, MatrixTarget
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 TICK = 0.1
 
 
-class NotifySink:
+class NotifySink(Sink):
     """The `notify:` routes of the site file, as one output."""
 
     name = "notify"
@@ -60,6 +62,9 @@ class NotifySink:
         self._ticker: asyncio.Task[None] | None = None
         self._listeners: list[MatrixCommands] = []
         self.supervisor = Supervisor()
+
+    def attach(self, supervisor: Supervisor, faults: Faults) -> None:
+        self.supervisor = supervisor
 
     async def start(self) -> None:
         if self._ticker is not None:

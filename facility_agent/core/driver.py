@@ -1,0 +1,183 @@
+"""The driver plugin interface.
+
+A driver knows one protocol and nothing of policy. It is a class registered under the
+`facility_agent.drivers` entry-point group; the built-in ones are registered the same way, so a
+third-party driver is one module plus one line in its own pyproject:
+
+    [project.entry-points."facility_agent.drivers"]
+    mydriver = "my_package.my_module:MyDriver"
+
+The poller owns the schedule: it calls `poll()` under its own timeout, so a driver never needs a
+timer of its own, and a hung device never holds up another one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from facility_agent.core.model import DeviceState, Event, Sample
+from facility_agent.core.units import Duration, Identifier
+
+
+class DeviceConfig(BaseModel):
+    """Keys every device has; a driver subclasses it with its own keys (unknown keys are errors)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Identifier
+    driver: str
+    #: Time between the starts of two polls.
+    interval: Duration = 2.0
+    #: Deadline of one poll; defaults to the interval, capped at 5 s.
+    timeout: Duration | None = None
+    #: Consecutive failed polls before the device is reported `comm: lost` (NUT's DEADTIME).
+    lost_after: int = Field(default=3, ge=1, le=1000)
+    #: Random offset of the first poll, as a fraction of the interval, so devices do not all
+    #: poll in the same instant.
+    jitter: float = Field(default=0.1, ge=0.0, le=1.0)
+    #: Upper bound of the exponential back-off between retries while a device is lost: also
+    #: how late a device that comes back can be seen (at most this x 1.1, plus one poll).
+    backoff_max: Duration = 5.0
+    #: Poll interval while the device is degraded (on battery, lost ...); NUT's POLLFREQALERT.
+    alert_interval: Duration | None = None
+    #: Whether device actions (commands, SET VAR ...) may be sent to it.
+    allow_writes: bool = False
+
+    @property
+    def poll_timeout(self) -> float:
+        return self.timeout if self.timeout is not None else min(self.interval, 5.0)
+
+
+class DeviceError(Exception):
+    """A device did not give a usable answer. `reason` is shown to people: no secrets in it."""
+
+    #: True when retrying cannot help until someone changes something (bad credentials, a UPS
+    #: name that does not exist): the device is reported lost at once instead of after
+    #: `lost_after` misses, and still retried with back-off.
+    permanent: ClassVar[bool] = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DeviceTimeout(DeviceError):
+    """The device did not answer within the poll's deadline."""
+
+
+class ProtocolError(DeviceError):
+    """The device answered something the protocol does not allow."""
+
+
+class AuthError(DeviceError):
+    """The device refused our credentials."""
+
+    permanent = True
+
+
+class NotFoundError(DeviceError):
+    """The device (or the UPS name on it) does not exist."""
+
+    permanent = True
+
+
+class ActionError(DeviceError):
+    """A device action was refused or failed."""
+
+
+@dataclass(frozen=True)
+class AlertFlags:
+    """Which status flags mean trouble: `own` ones poll the device at its `alert_interval`
+    (NUT's POLLFREQALERT); `site` ones (power trouble) put every device of the site in alert
+    mode, since during an outage the whole power path matters."""
+
+    own: frozenset[str] = frozenset()
+    site: frozenset[str] = frozenset()
+
+
+class SiteService(Protocol):
+    """A site-wide listener a driver runs beside its devices (SNMP traps, the NUT face)."""
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SiteHooks:
+    """What a driver's site-wide service may use of the running agent, and nothing more."""
+
+    site: str
+    #: Every device of the site (a service picks its own driver's).
+    devices: Sequence[DeviceConfig]
+    #: The site-file sections this driver declared (`Driver.site_sections`) that are present.
+    sections: Mapping[str, BaseModel]
+    emit: Callable[[Event], None]
+    #: Poll a device now, out of its schedule (a trap says something changed).
+    poll_now: Callable[[str], None]
+    states: Callable[[], Mapping[str, DeviceState]]
+    #: True while the shutdown plan asks upsmon secondaries to shut down.
+    secondaries_fsd: Callable[[], bool]
+    #: Runs a long-lived task under the agent's supervisor: `spawn(name, factory)`.
+    spawn: Callable[[str, Callable[[], Coroutine[Any, Any, None]]], Any]
+    #: A drill without effects: a service must not act on anything outside the box.
+    dry_run: bool = False
+
+
+class Driver(ABC):
+    """One instance per configured device; the class may also own one site-wide service.
+
+    Only `poll` is required. The rest are optional seams with defaults, so that the agent never
+    asks a driver what it can do with `getattr`."""
+
+    #: The name used in the site file's `driver:` key.
+    name: ClassVar[str]
+    #: The pydantic model of this driver's device keys.
+    config_model: ClassVar[type[DeviceConfig]] = DeviceConfig
+    #: Top-level sections of the site file this driver owns (`traps:` of the SNMP driver),
+    #: validated by these models and handed to `start_site`.
+    site_sections: ClassVar[Mapping[str, type[BaseModel]]] = {}
+
+    @classmethod
+    async def start_site(cls, hooks: SiteHooks) -> SiteService | None:
+        """Start the driver's site-wide service if the site asks for one. Called once per
+        start (and again on a reload that changes devices or sections), before any poll.
+        A service that cannot start logs why and returns None: polling goes on without it."""
+        return None
+
+    @classmethod
+    def declared_events(cls) -> list[dict[str, str]]:
+        """Every flag event the driver itself may declare (for docs/reference.md); profile
+        events are listed from the profiles."""
+        return []
+
+    def __init__(self, config: DeviceConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    async def poll(self) -> Sample:
+        """Read the device once. Raises DeviceError (or any exception) on failure."""
+
+    def flag_events(self) -> list[dict[str, str]]:
+        """What this device's status flags mean as events (`flag`, `type`, `severity`,
+        `cleared_type`), read by the site state. Most drivers' flags have none of their own."""
+        return []
+
+    def alert_flags(self) -> AlertFlags:
+        """Which of this device's flags mean trouble (see AlertFlags); asked after each poll,
+        so a profile detected on the first poll (`profile: auto`) counts from then on."""
+        return AlertFlags()
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, most drivers hold a connection
+        """Release connections. Called once when the agent stops or the device is removed."""
+
+    async def actions(self) -> list[str]:
+        """Names of the actions the device offers (NUT instant commands, genset start ...)."""
+        return []
+
+    async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
+        """Run one action; returns a short human-readable outcome, raises ActionError."""
+        raise ActionError(f"driver {self.name!r} has no action {action!r}")

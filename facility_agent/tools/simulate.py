@@ -1,0 +1,82 @@
+"""`facility-agent simulate`: serve the bundled simulated site for any client to point at."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise SystemExit(f"facility-agent simulate: {text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from facility_agent.simulators.scenario import ScenarioError
+    from facility_agent.simulators.serve import SimulatorInfo, SimulatorOptions, run_simulator
+    from facility_agent.simulators.site import SiteConfigError
+
+    options = SimulatorOptions(
+        site_file=args.sim_site,
+        scenario=args.scenario,
+        speed=args.speed,
+        host=args.listen,
+        nut_port=args.nut_port,
+        modbus_port=args.modbus_port,
+        modbus_rtu={"pty": True, "off": False}.get(args.modbus_rtu, args.modbus_rtu),
+        snmp_port=args.snmp_port,
+        ipmi_port=args.ipmi_port,
+        snmp_trap_targets=[_host_port(t) for t in args.snmp_trap_target],
+        snmp_pdu_outlets=args.snmp_pdu_outlets,
+        stop_at_scenario_end=args.exit_after_scenario,
+    )
+
+    def ready(info: SimulatorInfo) -> None:
+        faces = ", ".join(f"{face} on {info.host}:{port}" for face, port in info.ports.items())
+        print(f"simulated site {info.site!r} serving {faces}", flush=True)
+        if info.nut_port:
+            names = " ".join(f"{u}@{info.host}:{info.nut_port}" for u in info.ups)
+            print(f"try: upsc {names.split()[0]}   (UPS: {names})", flush=True)
+        if info.extra.get("modbus_rtu"):
+            tty = info.extra["modbus_rtu"]
+            print(f"Modbus RTU on {tty}: mbpoll -m rtu -b 9600 -P none -a 10 -0 -r 1024 {tty}")
+        if "snmp" in info.ports:
+            print(
+                f"try: snmpwalk -v2c -c ups-a -On {info.host}:{info.ports['snmp']} "
+                ".1.3.6.1.2.1.33   (communities: ups-*, pdu-*, ats-1, switch)",
+                flush=True,
+            )
+        bmcs = {k[5:]: v for k, v in info.ports.items() if k.startswith("ipmi:")}
+        if bmcs:
+            name, port = next(iter(bmcs.items()))
+            print(
+                f"try: ipmitool -I lanplus -C 3 -H {info.host} -p {port} -U admin -P adminpass "
+                f"sdr list   ({name}; BMCs: {bmcs})",
+                flush=True,
+            )
+        if info.scenario:
+            print(f"scenario {info.scenario!r} at x{info.speed:g}", flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_simulator(options, ready=ready, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except (ScenarioError, SiteConfigError, FileNotFoundError) as exc:
+        print(f"facility-agent simulate: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"facility-agent simulate: cannot serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
