@@ -8,8 +8,9 @@ tables, counter wrap. v1/v2c go through our own fast client, v3 through pysnmp.
 
 from __future__ import annotations
 
+import argparse
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -155,6 +156,22 @@ class SnmpDriver(Driver):
         if not isinstance(config, TrapsConfig):
             return None
         return await start_listener(config, hooks)
+
+    @classmethod
+    def add_commands(
+        cls,
+        sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+        parents: Sequence[argparse.ArgumentParser],
+    ) -> None:
+        from facility_agent.drivers.snmp import record_cmd
+
+        record_cmd.add_parser(sub, parents)
+
+    @classmethod
+    async def probe(cls, devices: Sequence[DeviceConfig]) -> bool:
+        from facility_agent.drivers.snmp.record_cmd import probe_devices
+
+        return await probe_devices(devices)
 
     def alert_flags(self) -> AlertFlags:
         """The profile's `alert_flags:` (none until `profile: auto` has picked one)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from facility_agent.config.site import SiteConfig
+from facility_agent.core.driver import DeviceConfig
 
 
 async def _record(args: argparse.Namespace) -> tuple[list[str], str] | None:
@@ -59,13 +59,13 @@ def _oid(value: tuple[int, object]) -> str:
     return oid_str(raw) if isinstance(raw, tuple) else str(raw)
 
 
-async def probe_site(site: SiteConfig) -> bool:
+async def probe_devices(devices: Sequence[DeviceConfig]) -> bool:
     """`check --probe`: which profile each SNMP device gets and why; False if one fits none."""
     from facility_agent.drivers.snmp.detect import detect
     from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 
     ok = True
-    for dev in site.devices:
+    for dev in devices:
         if not isinstance(dev, SnmpDeviceConfig):
             continue
         if dev.profile != "auto":

@@ -121,10 +121,20 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print(f"{args.config}: OK, site {site.site!r}, {len(site.devices)} device(s)")
     if getattr(args, "probe", False):
-        from facility_agent.drivers.snmp.record_cmd import probe_site
-
-        return EXIT_OK if asyncio.run(probe_site(site)) else EXIT_INVALID
+        return EXIT_OK if asyncio.run(_probe(site)) else EXIT_INVALID
     return EXIT_OK
+
+
+async def _probe(site: SiteConfig) -> bool:
+    """Each driver probes its own devices (`Driver.probe`)."""
+    from facility_agent.core.registry import driver_classes
+
+    ok = True
+    for name, cls in sorted(driver_classes().items()):
+        mine = [dev for dev in site.devices if dev.driver == name]
+        if mine:
+            ok = await cls.probe(mine) and ok
+    return ok
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
@@ -357,10 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     from facility_agent.cli import install_service as service
     from facility_agent.cli import runbook
     from facility_agent.cli import status as status_cmd
-    from facility_agent.drivers.snmp import record_cmd as snmp_cmd
+    from facility_agent.core.registry import driver_classes
 
-    for module in (status_cmd, runbook, service, snmp_cmd):
+    for module in (status_cmd, runbook, service):
         module.add_parser(sub, parents=[common])
+    # Commands of the drivers' own (`snmp record`), found as the drivers are.
+    for _, cls in sorted(driver_classes().items()):
+        cls.add_commands(sub, [common])
     sub.choices["status"].usage_exit = EXIT_STATUS_USAGE
     return parser
 

@@ -13,6 +13,7 @@ timer of its own, and a hung device never holds up another one.
 
 from __future__ import annotations
 
+import argparse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
@@ -147,6 +148,21 @@ class Driver(ABC):
         start (and again on a reload that changes devices or sections), before any poll.
         A service that cannot start logs why and returns None: polling goes on without it."""
         return None
+
+    @classmethod
+    def add_commands(
+        cls,
+        sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+        parents: Sequence[argparse.ArgumentParser],
+    ) -> None:
+        """Add the driver's own `facility-agent` commands (the SNMP driver's `snmp record`)."""
+        return None
+
+    @classmethod
+    async def probe(cls, devices: Sequence[DeviceConfig]) -> bool:
+        """`check --probe`: reach this driver's devices once and print what was found (the
+        profile `profile: auto` picked, and why). False when one of them cannot be used."""
+        return True
 
     @classmethod
     def declared_events(cls) -> list[dict[str, str]]:
