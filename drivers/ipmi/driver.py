@@ -418,6 +418,7 @@ class IpmiDriver(Driver):
     """One server's BMC."""
 
     name = "ipmi"
+    metrics_doc = "sensors, PSU status and redundancy from the BMC's SDR"
     config_model = IpmiDeviceConfig
     #: Time between two power-state reads while an action waits for its state.
     verify_every: ClassVar[float] = 0.5

@@ -69,6 +69,7 @@ class NetDriver(Driver):
     """`link.<if>.status`, `bond.<bond>.member.<if>.status`, `uplink.<path>.status` / `.rtt`."""
 
     name = "net"
+    metrics_doc = "reachability and latency of the box's own uplinks and paths"
     config_model = NetDeviceConfig
 
     def __init__(self, config: DeviceConfig) -> None:

@@ -148,6 +148,10 @@ class NutDriver(Driver):
     """One UPS on a NUT server."""
 
     name = "nut"
+    metrics_doc = (
+        "every variable upsd reports, under its NUT name (`battery.charge`, `ups.load`, "
+        "`input.voltage` ...)"
+    )
     config_model = NutDeviceConfig
     #: The agent's own NUT face for upsmon secondaries (face/), a site-wide service.
     site_sections: ClassVar[Mapping[str, type[BaseModel]]] = {"nut_server": NutServerConfig}

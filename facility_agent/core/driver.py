@@ -141,6 +141,9 @@ class Driver(ABC):
     #: Top-level sections of the site file this driver owns (`traps:` of the SNMP driver),
     #: validated by these models and handed to `start_site`.
     site_sections: ClassVar[Mapping[str, type[BaseModel]]] = {}
+    #: The metrics the driver reports by itself rather than through a profile, in a phrase
+    #: for docs/reference.md (empty: all of them come from profiles).
+    metrics_doc: ClassVar[str] = ""
 
     @classmethod
     async def start_site(cls, hooks: SiteHooks) -> SiteService | None:

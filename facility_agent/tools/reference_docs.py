@@ -50,18 +50,24 @@ OTHER_EVENTS: tuple[tuple[str, str, str, str], ...] = (
     ("trap.flood", "warning", "traps", "a sender exceeded the trap rate limit"),
 )  # fmt: skip
 
-#: Where the metrics that no profile lists are documented.
-_README = "../drivers/README.md"
-PROTOCOL_METRICS = (
-    ("nut", "every variable upsd reports, under its NUT name (`battery.charge`, `ups.load`, "
-     "`input.voltage` ...)", f"[drivers/README.md]({_README})"),
-    ("ipmi", "sensors, PSU status and redundancy from the BMC's SDR",
-     f"[drivers/README.md]({_README})"),
-    ("net", "reachability and latency of the box's own uplinks and paths",
-     f"[drivers/README.md]({_README})"),
-    ("policy", "`redundancy.healthy`, `redundancy.members`, `redundancy.min` on `group-{id}`",
-     "[policy.md](policy.md)"),
-)  # fmt: skip
+#: The policy's own metrics; the drivers describe theirs (`Driver.metrics_doc`).
+POLICY_METRICS = (
+    "policy",
+    "`redundancy.healthy`, `redundancy.members`, `redundancy.min` on `group-{id}`",
+    "[policy.md](policy.md)",
+)
+
+
+def protocol_metrics() -> list[tuple[str, str, str]]:
+    """Metrics that come from a protocol rather than a profile, as each driver describes them."""
+    from facility_agent.core.registry import driver_classes
+
+    out = [
+        (name, cls.metrics_doc, "[drivers/README.md](../drivers/README.md)")
+        for name, cls in sorted(driver_classes().items())
+        if cls.metrics_doc
+    ]
+    return [*out, POLICY_METRICS]
 
 
 def driver_events() -> list[tuple[str, dict[str, str]]]:
@@ -180,7 +186,7 @@ def render() -> str:
     out += ["", f"The contract's names (CONTRACT.md, model.py): {contract}.", ""]
     out += ["## Metric names", "", "From a protocol rather than a profile:", ""]
     out += ["| source | metrics | described in |", "|---|---|---|"]
-    out += [f"| {s} | {m} | {d} |" for s, m, d in PROTOCOL_METRICS]
+    out += [f"| {s} | {m} | {d} |" for s, m, d in protocol_metrics()]
     out += [
         "",
         "From the bundled profiles (`{n}` stands for a row: a phase, an outlet, an uplink):",

@@ -17,7 +17,8 @@ def test_layout_table_names_every_package_folder() -> None:
         for init in (ROOT / top).rglob("__init__.py")
     }
     assert table == folders, (
-        f"docs/architecture.md misses {sorted(folders - table)}, names gone {sorted(table - folders)}"
+        f"docs/architecture.md misses {sorted(folders - table)}, "
+        f"names folders gone: {sorted(table - folders)}"
     )
 
 
