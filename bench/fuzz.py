@@ -458,9 +458,9 @@ def snmp_target() -> Target:
     from pyasn1.error import PyAsn1Error
     from pysnmp.proto import api
 
-    from facility_agent.config.site import TrapsConfig
     from facility_agent.drivers.snmp import wire as snmp_ber
     from facility_agent.drivers.snmp.traps import SnmpDevice, TrapListener
+    from facility_agent.drivers.snmp.traps_config import TrapsConfig
     from facility_agent.simulators.faces import snmp as sa
     from facility_wire import ber
 

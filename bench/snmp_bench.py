@@ -397,10 +397,10 @@ async def paced_driver(
 async def trap_latency(n: int) -> dict[str, float]:
     from pydantic import SecretStr
 
-    from facility_agent.config.site import TrapsConfig
     from facility_agent.core.model import Event
     from facility_agent.drivers.snmp import wire as ber
     from facility_agent.drivers.snmp.traps import SnmpDevice, TrapListener
+    from facility_agent.drivers.snmp.traps_config import TrapsConfig
 
     got: list[float] = []
     arrived = asyncio.Event()

@@ -145,13 +145,17 @@ class Agent:
             except Exception as exc:
                 self.faults.failed(part_name(sink), "publish_retained", exc)
 
-    async def restart_services(self) -> None:
-        """(Re)start the drivers' site-wide services for the current config and devices.
+    async def restart_services(self, drivers: set[str] | None = None) -> None:
+        """(Re)start the drivers' site-wide services for the current config and devices: all
+        of them, or those of `drivers` (a reload restarts only the services whose section or
+        devices changed, so upsmon secondaries stay connected to the NUT face meanwhile).
         A dry run starts none: no NUT face, so no secondary can see a drill's FSD."""
-        await self._stop_services()
-        if self.dry_run:
-            return
         for name, cls in sorted(driver_classes().items()):
+            if drivers is not None and name not in drivers:
+                continue
+            await self._stop_service(name)
+            if self.dry_run:
+                continue
             sections = {
                 key: section
                 for key in cls.site_sections
@@ -176,13 +180,14 @@ class Agent:
             if service is not None:
                 self.services[name] = service
 
-    async def _stop_services(self) -> None:
-        for name, service in list(self.services.items()):
-            try:
-                await service.stop()
-            except Exception:
-                log.exception("stopping the %s driver's site service failed", name)
-        self.services.clear()
+    async def _stop_service(self, name: str) -> None:
+        service = self.services.pop(name, None)
+        if service is None:
+            return
+        try:
+            await service.stop()
+        except Exception:
+            log.exception("stopping the %s driver's site service failed", name)
 
     def _build_device(self, config: DeviceConfig, driver: Driver) -> None:
         self.drivers[config.id] = driver
@@ -223,7 +228,8 @@ class Agent:
                 await self.policy.stop()
             except Exception:
                 log.exception("stopping the policy engine failed")
-        await self._stop_services()
+        for name in list(self.services):
+            await self._stop_service(name)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from facility_agent.config.policy import PolicyConfig
 from facility_agent.config.site import ConfigError, load_site
 from facility_agent.core.driver import Driver
-from facility_agent.core.registry import driver_class
+from facility_agent.core.registry import driver_class, driver_classes
 
 if TYPE_CHECKING:
     from facility_agent.policy.engine import PolicyEngine
@@ -129,10 +129,15 @@ class Reloader:
             agent.add_device(after[device], built[device])
             log.info("reload: device %s (%s) started", device, after[device].driver)
         agent.config = new
-        # The drivers' site services (trap listener, NUT face) know the devices and their own
-        # sections: restarted when either changed.
-        if new.sections != old.sections or result.added or result.removed or result.changed:
-            await agent.restart_services()
+        # A driver's site service (trap listener, NUT face) is restarted when its own section
+        # or one of its driver's devices changed; the others are left alone.
+        touched = {before[d].driver for d in result.removed + result.changed}
+        touched |= {after[d].driver for d in result.added + result.changed}
+        keys = set(old.sections) | set(new.sections)
+        moved = {k for k in keys if old.sections.get(k) != new.sections.get(k)}
+        owners = {name for name, cls in driver_classes().items() if moved & set(cls.site_sections)}
+        if touched | owners:
+            await agent.restart_services(touched | owners)
         result.policy = await self._reload_policy(old.policy, new.policy)
         agent.update_alerts()
         log.info("%s", result.summary())

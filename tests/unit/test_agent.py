@@ -97,3 +97,44 @@ async def test_run_returns_when_stop_is_set() -> None:
     stop.set()
     await asyncio.wait_for(task, 5)
     assert sink.stopped
+
+
+async def _until(cond: object, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_replace_outputs_hands_the_new_ones_the_current_states_then_stops_the_old() -> None:
+    old, new = RecordingSink(), RecordingSink()
+    agent = Agent(site(), sinks=[old])
+    await agent.start()
+    try:
+        await _until(lambda: old.states)
+        await agent.replace_outputs([new])
+        assert new.started and old.stopped and agent.sinks == [new]
+        assert [s.device for s in new.states] == ["ups-a"]  # the current state, at once
+        FlagDriver.status = ("OB", "DISCHRG")
+        await _until(lambda: new.events)
+        assert [e.type for e in new.events] == ["power.on_battery"] and not old.events
+    finally:
+        await agent.stop()
+
+
+async def test_add_and_remove_device_on_a_running_agent() -> None:
+    sink = RecordingSink()
+    agent = Agent(site(), sinks=[sink])
+    await agent.start()
+    try:
+        extra = DeviceConfig(id="ups-b", driver="flag", interval=0.05, jitter=0)
+        agent.add_device(extra, FlagDriver(extra))
+        await _until(lambda: agent.state.get("ups-b") is not None)
+        assert set(agent.pollers) == {"ups-a", "ups-b"}
+        await agent.remove_device("ups-b")
+        assert set(agent.pollers) == {"ups-a"} and "ups-b" not in agent.drivers
+        assert agent.state.get("ups-b") is None and FlagDriver.closed == 1
+        polled = agent.pollers["ups-a"].polls
+        await _until(lambda: agent.pollers["ups-a"].polls > polled)  # the other one goes on
+    finally:
+        await agent.stop()
