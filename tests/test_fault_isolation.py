@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from facility_agent.cli.status import fetch, judge
 from facility_agent.core.model import DeviceState, Event, Severity
+from facility_agent.core.sink import Sink
 from facility_agent.outbox import Outbox
 from facility_agent.policy import engine as engine_module
 from facility_agent.policy.journal import Journal
@@ -35,7 +36,6 @@ from facility_agent.runtime.poller import DevicePoller
 from facility_agent.runtime.service import run_service
 from facility_agent.runtime.supervise import Supervisor
 from facility_agent.sinks.assemble import build_outputs
-from facility_agent.sinks.base import Sink
 from facility_agent.sinks.mqtt import MqttSink
 from facility_agent.sinks.notify import NotifySink
 from facility_agent.sinks.prometheus import PrometheusSink

@@ -11,12 +11,12 @@ from facility_agent.config.site import SiteConfig
 from facility_agent.core.driver import DeviceConfig, Driver, SiteHooks, SiteService
 from facility_agent.core.model import DeviceState, Event, Severity, utcnow
 from facility_agent.core.registry import driver_class, driver_classes
+from facility_agent.core.sink import Sink
 from facility_agent.policy.engine import PolicyEngine
 from facility_agent.runtime.faults import Faults, part_name
 from facility_agent.runtime.poller import DevicePoller, PollFailed, PollOk, PollOutcome
 from facility_agent.runtime.state import SiteState, Transition
 from facility_agent.runtime.supervise import Supervisor
-from facility_agent.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 

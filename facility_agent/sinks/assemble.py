@@ -15,7 +15,7 @@ from facility_agent.outbox import Outbox
 
 if TYPE_CHECKING:
     from facility_agent.config.site import SiteConfig
-    from facility_agent.sinks.base import Sink
+    from facility_agent.core.sink import Sink
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ from influxdb_client.rest import ApiException
 
 from facility_agent.config.outputs import InfluxConfig, redact_url
 from facility_agent.core.model import DeviceState, Event
+from facility_agent.core.sink import Sink
 from facility_agent.outbox import Channel, Outbox, Row
 from facility_agent.runtime.faults import Faults
 from facility_agent.runtime.supervise import Supervisor
-from facility_agent.sinks.base import Sink
 from facility_agent.sinks.comeback import retry_wait, url_target
 
 log = logging.getLogger(__name__)

@@ -65,10 +65,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from facility_agent.config.site import MqttConfig
 from facility_agent.core.model import DeviceState, Event
+from facility_agent.core.sink import Sink
 from facility_agent.outbox import Channel, Outbox, Row
 from facility_agent.runtime.faults import Faults
 from facility_agent.runtime.supervise import Supervisor
-from facility_agent.sinks.base import Sink
 from facility_agent.sinks.comeback import port_open
 from facility_agent.sinks.homeassistant import discovery_messages
 

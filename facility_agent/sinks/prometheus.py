@@ -35,10 +35,10 @@ from prometheus_client.registry import Collector
 
 from facility_agent.config.outputs import PrometheusConfig
 from facility_agent.core.model import DeviceState, Event
+from facility_agent.core.sink import Sink
 from facility_agent.outbox import Outbox
 from facility_agent.runtime.faults import Faults
 from facility_agent.runtime.supervise import Supervisor
-from facility_agent.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Any
 from facility_agent.config.site import SiteConfig
 from facility_agent.core.driver import DeviceConfig
 from facility_agent.core.model import Event
+from facility_agent.core.sink import Sink
 from facility_agent.runtime.agent import Agent
-from facility_agent.sinks.base import Sink
 
 log = logging.getLogger(__name__)
 

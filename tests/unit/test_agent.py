@@ -9,9 +9,9 @@ import pytest
 from facility_agent.config.site import MqttConfig, SiteConfig
 from facility_agent.core.driver import DeviceConfig, Driver
 from facility_agent.core.model import DeviceState, Event, Sample, utcnow
+from facility_agent.core.sink import Sink
 from facility_agent.runtime import agent as agent_module
 from facility_agent.runtime.agent import Agent
-from facility_agent.sinks.base import Sink
 
 
 class FlagDriver(Driver):

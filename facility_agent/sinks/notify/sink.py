@@ -19,10 +19,10 @@ from pathlib import Path
 
 from facility_agent.config.outputs import NotifyRoute
 from facility_agent.core.model import DeviceState, Event, Severity
+from facility_agent.core.sink import Sink
 from facility_agent.outbox import Outbox
 from facility_agent.runtime.faults import Faults
 from facility_agent.runtime.supervise import Supervisor
-from facility_agent.sinks.base import Sink
 from facility_agent.sinks.notify.alerting import Message
 from facility_agent.sinks.notify.commands import interpret
 from facility_agent.sinks.notify.delivery import DeliveryRoute
