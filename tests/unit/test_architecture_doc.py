@@ -35,3 +35,15 @@ def test_no_module_of_the_agent_imports_a_protocol_folder() -> None:
             if re.match(r"\s*(from|import) facility_agent\.drivers\.", line):
                 offenders.append(f"{rel}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_plugins_written_against_the_first_import_paths_still_import() -> None:
+    """A third-party driver from 0.1 imported facility_agent.driver/.model/.units."""
+    from facility_agent import driver, model, units
+    from facility_agent.core import driver as core_driver
+    from facility_agent.core import model as core_model
+    from facility_agent.core import units as core_units
+
+    for old, new in ((driver, core_driver), (model, core_model), (units, core_units)):
+        for name in old.__all__:
+            assert getattr(old, name) is getattr(new, name), name
