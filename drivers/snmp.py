@@ -9,17 +9,19 @@ tables, counter wrap. v1/v2c go through our own fast client, v3 through pysnmp.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from facility_agent.driver import DeviceConfig, Driver, ProtocolError
+from facility_agent.driver import ActionError, DeviceConfig, DeviceError, Driver, ProtocolError
 from facility_agent.model import MetricValue, Sample, utcnow
 from facility_agent.units import Duration
 
 from . import snmp_ber as ber
 from .snmp_ber import Oid, Value, VarBind
 from .snmp_client import FastClient, SnmpClient, UsmClient
+from .snmp_commands import expand, find
 from .snmp_detect import Choice, detect
 from .snmp_profile import Column, Profile, ProfileError, Table, load_profile
 from .valid import UnknownLog, not_a_reading
@@ -154,6 +156,8 @@ class SnmpDriver(Driver):
         #: Metric -> why its value this poll was not a reading (filled by `_convert`).
         self._unknown: dict[str, str] = {}
         self._scalars: list[tuple[str, Column, Oid]] = []
+        #: Table prefix -> row name -> row index, from the last poll (per-row commands).
+        self._rows: dict[str, dict[str, Oid]] = {}
         self._use(self.profile)
 
     def _use(self, p: Profile) -> None:
@@ -338,6 +342,7 @@ class SnmpDriver(Driver):
                 else:
                     metrics[f"{prefix}.{uplink}.status"] = "missing"
             keys = chosen
+        self._rows[prefix] = {key: idx for idx, key in keys.items()}
         for idx, key in keys.items():
             for n, name in enumerate(names):
                 value = columns[n].get(idx)
@@ -402,6 +407,45 @@ class SnmpDriver(Driver):
         if name not in self._warned:
             self._warned.add(name)
             log.warning("device %s: %s: %s; the metric is left out", self.cfg.id, name, text)
+
+    # ---- actions --------------------------------------------------------------------------
+
+    async def actions(self) -> list[str]:
+        """The profile's commands; per-outlet ones for the outlets the last poll saw."""
+        if (self._auto and self.choice is None) or (not self._rows and self.profile.commands):
+            await self.poll()
+        return expand(self.profile.commands, self._rows)
+
+    async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
+        """One SET of the profile's `commands:` (outlet.N.load.off ...); needs allow_writes."""
+        cfg = self.cfg
+        if not cfg.allow_writes:
+            raise ActionError(
+                f"device {cfg.id}: actions are disabled (set allow_writes: true to allow them)"
+            )
+        found = find(self.profile.commands, self._rows, action)
+        if found is None:  # rows not read yet, or the outlet is new: read the device again
+            await self.poll()
+            found = find(self.profile.commands, self._rows, action)
+        if found is None:
+            known = ", ".join(expand(self.profile.commands, self._rows)) or "none"
+            raise ActionError(
+                f"device {cfg.id}: profile {self.profile.name} has no action {action!r} "
+                f"(known: {known})"
+            )
+        cmd, index = found
+        oid = self.profile.resolve(cmd.base) + index
+        client = self.client()
+        try:
+            await client.set([(oid, cmd.wire_value())])
+        except ProtocolError as exc:
+            raise ActionError(
+                f"device {cfg.id}: {action} refused: {exc.reason} (check that the community "
+                "or SNMPv3 user may write)"
+            ) from None
+        except DeviceError as exc:
+            raise ActionError(f"device {cfg.id}: {action} failed: {exc.reason}") from None
+        return f"{action}: set {ber.oid_str(oid)} = {cmd.value} on {client.where}"
 
     async def close(self) -> None:
         if self._client is not None:

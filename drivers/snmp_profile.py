@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .snmp_ber import Oid, parse_oid
+from .snmp_commands import Command, check_names
 from .valid import parse_range
 
 _NAME = re.compile(r"^_?[a-z0-9][a-z0-9_-]*(\.[a-zA-Z0-9_-]+|\.\{(index|label)\})*$")
@@ -201,6 +202,8 @@ class Profile(_M):
     traps: list[TrapDef] = Field(default_factory=list)
     #: How `profile: auto` recognises this kind of device.
     detect: Detect | None = None
+    #: Device actions, each one SET (drivers/snmp_commands.py); sent only with allow_writes.
+    commands: dict[str, Command] = Field(default_factory=dict)
 
     @field_validator("objects")
     @classmethod
@@ -230,6 +233,9 @@ class Profile(_M):
                 raise ValueError(f"table prefix {prefix!r}: use dotted lowercase names")
         for trap in self.traps:
             self.resolve(trap.oid)
+        check_names(self.commands, set(self.tables))
+        for cmd in self.commands.values():
+            self.resolve(cmd.base)
         return self
 
     def resolve(self, ref: str) -> Oid:
