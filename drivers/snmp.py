@@ -163,6 +163,12 @@ class SnmpDriver(Driver):
     def _use(self, p: Profile) -> None:
         self.profile = p
         self._scalars = [(name, col, p.resolve(col.oid)) for name, col in p.metrics.items()]
+        #: OIDs asked along with the scalars, used where the primary one has no answer.
+        self._fallbacks = {
+            name: (col.fallback, p.resolve(col.fallback.oid))
+            for name, col in p.metrics.items()
+            if col.fallback is not None
+        }
 
     def client(self) -> SnmpClient:
         if self._client is None:
@@ -206,9 +212,14 @@ class SnmpDriver(Driver):
             metrics["driver.profile"] = self.choice.profile
             metrics["driver.profile.reason"] = self.choice.reason
         if self._scalars:
-            values = await self._get_all(client, [oid for _, _, oid in self._scalars])
+            asked = [oid for _, _, oid in self._scalars]
+            asked += [oid for _, oid in self._fallbacks.values()]
+            values = await self._get_all(client, asked)
             for name, col, oid in self._scalars:
                 value = values.get(oid)
+                if value is None and name in self._fallbacks:
+                    col, other = self._fallbacks[name]
+                    value = values.get(other)
                 if value is not None:
                     converted = self._convert(name, col, value)
                     if converted is not None:

@@ -71,6 +71,9 @@ class Column(_M):
     #: Table columns only: the value is unknown while another column of its row holds one of
     #: these raw values (`{column: status, in: [2, 3]}`).
     unknown_when: UnknownWhen | None = None
+    #: Scalars only: read this instead when the agent does not answer `oid` (APC cards without
+    #: the upsHighPrec* objects fall back to upsAdv*), with its own range and scale.
+    fallback: Column | None = None
 
     @field_validator("range", mode="before")
     @classmethod
@@ -220,6 +223,11 @@ class Profile(_M):
             if not _NAME.match(name):
                 raise ValueError(f"metric name {name!r}: use dotted lowercase names")
             self.resolve(col.oid)
+            if col.fallback is not None:
+                self.resolve(col.fallback.oid)
+        for prefix, table in self.tables.items():
+            if any(col.fallback is not None for col in table.columns.values()):
+                raise ValueError(f"table {prefix}: fallback: is for scalars only")
         for prefix, table in self.tables.items():
             for col in table.columns.values():
                 self.resolve(col.oid)

@@ -1,6 +1,7 @@
 """Device families added for issue 17, each proven on a walk of a real unit: Tripp Lite UPS,
 PDU and ATS (TRIPPLITE-PRODUCTS), Vertiv/Liebert UPS (LIEBERT-GP-FLEXIBLE-MIB), Socomec Net Vision
-(SOCOMECUPS7-MIB), and the first real recordings of hpe-epdu, apc-rats and eaton-epdu. Each walk
+(SOCOMECUPS7-MIB), and the first real recordings of hpe-epdu, apc-rats, eaton-epdu and
+apc-powernet-ups. Each walk
 is replayed by real net-snmp snmpd through the pass_persist helper, read by the SNMP driver, and
 compared with expected.yaml, written from the MIB's own definitions; `profile: auto` must pick
 the same profile. SOURCE.md gives each recording's origin and licence.
@@ -31,6 +32,7 @@ PROFILES = {
     "hpe-epdu",
     "apc-rats",
     "eaton-epdu",
+    "apc-powernet-ups",
 }
 
 
@@ -120,3 +122,25 @@ async def test_a_liebert_cooling_unit_is_not_taken_for_a_ups(tmp_path: Path) -> 
     text = str(err.value)
     assert expected["sysobjectid"] in text
     assert "facility-agent snmp record 127.0.0.1" in text
+
+
+async def test_a_scalar_falls_back_when_the_agent_lacks_its_first_oid(tmp_path: Path) -> None:
+    """`fallback:` (apc-powernet-ups: upsHighPrec* first, upsAdv* on cards without them). The walk
+    here is written for the test, not recorded: the upsAdv* values of an older card only."""
+    walk = tmp_path / "adv-only.snmprec"
+    walk.write_text(
+        "1.3.6.1.2.1.1.2.0|6|1.3.6.1.4.1.318.1.3.2.7\n"
+        "1.3.6.1.4.1.318.1.1.1.1.1.1.0|4|Smart-UPS 1000\n"
+        "1.3.6.1.4.1.318.1.1.1.2.2.1.0|66|87\n"  # upsAdvBatteryCapacity 87 %
+        "1.3.6.1.4.1.318.1.1.1.3.2.1.0|66|231\n"  # upsAdvInputLineVoltage 231 V
+        "1.3.6.1.4.1.318.1.1.1.3.3.4.0|66|499\n"  # upsHighPrecInputFrequency 49.9 Hz
+        "1.3.6.1.4.1.318.1.1.1.3.2.4.0|66|50\n"  # upsAdvInputFrequency, not used: 49.9 wins
+    )
+    root = tmp_path / "snmpd"
+    root.mkdir()
+    with serve_recording(walk, root, [".1.3.6.1.4.1.318"]) as port:
+        _, sample = await _poll(port, "apc-powernet-ups")
+    assert sample.metrics["battery.charge"] == 87
+    assert sample.metrics["input.voltage"] == 231
+    assert sample.metrics["input.frequency"] == pytest.approx(49.9)
+    assert "output.voltage" not in sample.metrics and "output.voltage" not in sample.unknown
