@@ -1,7 +1,8 @@
 """SNMP transports for the driver: a fast v1/v2c client of our own, and SNMPv3 through pysnmp.
 
-Both offer the same three requests (GET, GETNEXT, GETBULK) returning `(oid, (tag, value))`
-varbinds, so table walking and profile logic above them do not care which one is used.
+Both offer the same requests (GET, GETNEXT, GETBULK, and SET for device actions) returning
+`(oid, (tag, value))` varbinds, so table walking and profile logic above them do not care which
+one is used.
 
 * `FastClient` (v1/v2c): one connected UDP socket per device, requests matched by request-id,
   our BER codec (snmp_ber.py). Per-request timeout and retries belong to the device, so a slow
@@ -23,7 +24,7 @@ from typing import Any, cast
 
 from facility_agent.core.driver import AuthError, DeviceError, DeviceTimeout, ProtocolError
 from facility_agent.drivers.snmp import wire as ber
-from facility_agent.drivers.snmp.wire import Oid, VarBind
+from facility_agent.drivers.snmp.wire import Oid, Value, VarBind
 
 #: Largest datagram accepted; SNMP over UDP is bounded by 65507 anyway.
 MAX_DATAGRAM = 65535
@@ -44,6 +45,10 @@ class SnmpClient(ABC):
 
     @abstractmethod
     async def get_bulk(self, oids: list[Oid], max_repetitions: int) -> list[VarBind]: ...
+
+    @abstractmethod
+    async def set(self, varbinds: list[VarBind]) -> list[VarBind]:
+        """One SetRequest with all `varbinds` (the agent applies all or none, RFC 3416)."""
 
     async def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release the socket."""
@@ -122,12 +127,18 @@ class FastClient(SnmpClient):
                 self._proto = proto
             return self._proto
 
-    async def _request(self, pdu: int, oids: list[Oid], max_rep: int = 0) -> ber.Response:
+    async def _request(
+        self, pdu: int, oids: list[Oid], max_rep: int = 0, values: list[Value] | None = None
+    ) -> ber.Response:
         proto = await self._endpoint()
         loop = asyncio.get_running_loop()
         for _attempt in range(self.retries + 1):
             rid = next(self._ids) & 0x7FFFFFFF
-            data = ber.encode_request(self.version, self._community, pdu, rid, oids, 0, max_rep)
+            if values is not None:  # a SET: the varbinds carry the new values
+                vbs = b"".join(ber.enc_varbind(o, v) for o, v in zip(oids, values, strict=True))
+                data = ber.encode_message(self.version, self._community, pdu, rid, 0, 0, vbs)
+            else:
+                data = ber.encode_request(self.version, self._community, pdu, rid, oids, 0, max_rep)
             fut: asyncio.Future[ber.Response] = loop.create_future()
             proto.waiting[rid] = fut
             try:
@@ -174,6 +185,12 @@ class FastClient(SnmpClient):
         if self.version == 0:
             return await self.get_next(oids)
         resp = await self._request(ber.GETBULK, oids, max_repetitions)
+        return self._check(resp, oids)
+
+    async def set(self, varbinds: list[VarBind]) -> list[VarBind]:
+        # A retried SET is harmless for the outlet commands profiles send (the same state again).
+        oids = [oid for oid, _ in varbinds]
+        resp = await self._request(ber.SET, oids, values=[v for _, v in varbinds])
         return self._check(resp, oids)
 
     async def _with_v1_fixups(self, pdu: int, oids: list[Oid]) -> list[VarBind]:
@@ -278,6 +295,23 @@ def _tag_of(value: Any) -> ber.Value:
     if isinstance(value, rfc1902.ObjectIdentifier):
         return ber.OBJECT_ID, tuple(value)
     return ber.NULL, None
+
+
+def _pysnmp_value(value: ber.Value) -> Any:
+    """Our `(tag, python value)` as the pysnmp object a SET carries."""
+    from pysnmp.proto import rfc1902
+
+    tag, raw = value
+    kinds: dict[int, Any] = {
+        ber.INTEGER: rfc1902.Integer32,
+        ber.GAUGE32: rfc1902.Gauge32,
+        ber.COUNTER32: rfc1902.Counter32,
+        ber.TIMETICKS: rfc1902.TimeTicks,
+        ber.OCTET_STRING: rfc1902.OctetString,
+    }
+    if tag not in kinds:
+        raise ValueError(f"cannot SET a value of tag 0x{tag:02x}")
+    return kinds[tag](raw)
 
 
 class UsmClient(SnmpClient):
@@ -390,6 +424,17 @@ class UsmClient(SnmpClient):
 
     async def get(self, oids: list[Oid]) -> list[VarBind]:
         return await self._run("get", oids)
+
+    async def set(self, varbinds: list[VarBind]) -> list[VarBind]:
+        from pysnmp.hlapi.v3arch import asyncio as h
+
+        eng, usm, target = await self._prepare()
+        objs = [h.ObjectType(h.ObjectIdentity(oid), _pysnmp_value(v)) for oid, v in varbinds]
+        ctx = h.ContextData(contextName=self.context)
+        res = await h.set_cmd(eng, usm, target, ctx, *objs, lookupMib=False)
+        indication, status, index, vbs = res
+        self._raise(indication, status, index)
+        return [(tuple(name), _tag_of(value)) for name, value in vbs]
 
     async def get_next(self, oids: list[Oid]) -> list[VarBind]:
         return await self._run("next", oids)

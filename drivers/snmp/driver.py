@@ -16,8 +16,10 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from facility_agent.core.driver import (
+    ActionError,
     AlertFlags,
     DeviceConfig,
+    DeviceError,
     Driver,
     ProtocolError,
     SiteHooks,
@@ -27,6 +29,7 @@ from facility_agent.core.model import MetricValue, Sample, utcnow
 from facility_agent.core.units import Duration
 from facility_agent.drivers.snmp import wire as ber
 from facility_agent.drivers.snmp.client import FastClient, SnmpClient, UsmClient
+from facility_agent.drivers.snmp.commands import expand, find
 from facility_agent.drivers.snmp.detect import Choice, detect
 from facility_agent.drivers.snmp.profile import Column, Profile, ProfileError, Table, load_profile
 from facility_agent.drivers.snmp.traps import start_listener
@@ -195,11 +198,19 @@ class SnmpDriver(Driver):
         #: Metric -> why its value this poll was not a reading (filled by `_convert`).
         self._unknown: dict[str, str] = {}
         self._scalars: list[tuple[str, Column, Oid]] = []
+        #: Table prefix -> row name -> row index, from the last poll (per-row commands).
+        self._rows: dict[str, dict[str, Oid]] = {}
         self._use(self.profile)
 
     def _use(self, p: Profile) -> None:
         self.profile = p
         self._scalars = [(name, col, p.resolve(col.oid)) for name, col in p.metrics.items()]
+        #: OIDs asked along with the scalars, used where the primary one has no answer.
+        self._fallbacks = {
+            name: (col.fallback, p.resolve(col.fallback.oid))
+            for name, col in p.metrics.items()
+            if col.fallback is not None
+        }
 
     def client(self) -> SnmpClient:
         if self._client is None:
@@ -243,9 +254,14 @@ class SnmpDriver(Driver):
             metrics["driver.profile"] = self.choice.profile
             metrics["driver.profile.reason"] = self.choice.reason
         if self._scalars:
-            values = await self._get_all(client, [oid for _, _, oid in self._scalars])
+            asked = [oid for _, _, oid in self._scalars]
+            asked += [oid for _, oid in self._fallbacks.values()]
+            values = await self._get_all(client, asked)
             for name, col, oid in self._scalars:
                 value = values.get(oid)
+                if value is None and name in self._fallbacks:
+                    col, other = self._fallbacks[name]
+                    value = values.get(other)
                 if value is not None:
                     converted = self._convert(name, col, value)
                     if converted is not None:
@@ -379,6 +395,7 @@ class SnmpDriver(Driver):
                 else:
                     metrics[f"{prefix}.{uplink}.status"] = "missing"
             keys = chosen
+        self._rows[prefix] = {key: idx for idx, key in keys.items()}
         for idx, key in keys.items():
             for n, name in enumerate(names):
                 value = columns[n].get(idx)
@@ -443,6 +460,45 @@ class SnmpDriver(Driver):
         if name not in self._warned:
             self._warned.add(name)
             log.warning("device %s: %s: %s; the metric is left out", self.cfg.id, name, text)
+
+    # ---- actions --------------------------------------------------------------------------
+
+    async def actions(self) -> list[str]:
+        """The profile's commands; per-outlet ones for the outlets the last poll saw."""
+        if (self._auto and self.choice is None) or (not self._rows and self.profile.commands):
+            await self.poll()
+        return expand(self.profile.commands, self._rows)
+
+    async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
+        """One SET of the profile's `commands:` (outlet.N.load.off ...); needs allow_writes."""
+        cfg = self.cfg
+        if not cfg.allow_writes:
+            raise ActionError(
+                f"device {cfg.id}: actions are disabled (set allow_writes: true to allow them)"
+            )
+        found = find(self.profile.commands, self._rows, action)
+        if found is None:  # rows not read yet, or the outlet is new: read the device again
+            await self.poll()
+            found = find(self.profile.commands, self._rows, action)
+        if found is None:
+            known = ", ".join(expand(self.profile.commands, self._rows)) or "none"
+            raise ActionError(
+                f"device {cfg.id}: profile {self.profile.name} has no action {action!r} "
+                f"(known: {known})"
+            )
+        cmd, index = found
+        oid = self.profile.resolve(cmd.base) + index
+        client = self.client()
+        try:
+            await client.set([(oid, cmd.wire_value())])
+        except ProtocolError as exc:
+            raise ActionError(
+                f"device {cfg.id}: {action} refused: {exc.reason} (check that the community "
+                "or SNMPv3 user may write)"
+            ) from None
+        except DeviceError as exc:
+            raise ActionError(f"device {cfg.id}: {action} failed: {exc.reason}") from None
+        return f"{action}: set {ber.oid_str(oid)} = {cmd.value} on {client.where}"
 
     async def close(self) -> None:
         if self._client is not None:

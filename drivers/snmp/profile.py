@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from facility_agent.drivers.snmp.commands import Command, check_names
 from facility_agent.drivers.snmp.wire import Oid, parse_oid
 from facility_agent.drivers.valid import parse_range
 
@@ -70,6 +71,9 @@ class Column(_M):
     #: Table columns only: the value is unknown while another column of its row holds one of
     #: these raw values (`{column: status, in: [2, 3]}`).
     unknown_when: UnknownWhen | None = None
+    #: Scalars only: read this instead when the agent does not answer `oid` (APC cards without
+    #: the upsHighPrec* objects fall back to upsAdv*), with its own range and scale.
+    fallback: Column | None = None
 
     @field_validator("range", mode="before")
     @classmethod
@@ -209,6 +213,8 @@ class Profile(_M):
     #: Which of the flags above mean trouble (see `AlertFlags`): `own` ones poll the device at
     #: its alert_interval, `site` ones (power trouble) put every device of the site in alert.
     alert_flags: AlertFlagsData = Field(default_factory=lambda: AlertFlagsData())
+    #: Device actions, each one SET (commands.py); sent only with allow_writes.
+    commands: dict[str, Command] = Field(default_factory=dict)
 
     @field_validator("objects")
     @classmethod
@@ -241,6 +247,11 @@ class Profile(_M):
             if not _NAME.match(name):
                 raise ValueError(f"metric name {name!r}: use dotted lowercase names")
             self.resolve(col.oid)
+            if col.fallback is not None:
+                self.resolve(col.fallback.oid)
+        for prefix, table in self.tables.items():
+            if any(col.fallback is not None for col in table.columns.values()):
+                raise ValueError(f"table {prefix}: fallback: is for scalars only")
         for prefix, table in self.tables.items():
             for col in table.columns.values():
                 self.resolve(col.oid)
@@ -254,6 +265,9 @@ class Profile(_M):
                 raise ValueError(f"table prefix {prefix!r}: use dotted lowercase names")
         for trap in self.traps:
             self.resolve(trap.oid)
+        check_names(self.commands, set(self.tables))
+        for cmd in self.commands.values():
+            self.resolve(cmd.base)
         return self
 
     def resolve(self, ref: str) -> Oid:

@@ -166,6 +166,11 @@ def _i(fn: Callable[[_Read], float], tag: int = INTEGER) -> Getter:
     return lambda r: (tag, round(fn(r)))
 
 
+def _tenths(device: str, metric: str) -> Callable[[_Read], float]:
+    """A model value in tenths (PowerNet-MIB's upsHighPrec* objects)."""
+    return lambda r: r.num(device, metric) * 10
+
+
 def _c(value: int, tag: int = INTEGER) -> Getter:
     return lambda r: (tag, value)
 
@@ -260,6 +265,19 @@ def _ups_agent(face: SnmpAgentFace, ups: Ups) -> Agent:
     a.add((*p, 4, 2, 2, 0), _i(lambda r: r.num(name, "output.frequency"), GAUGE32))
     a.add((*p, 4, 2, 3, 0), _i(lambda r: r.num(name, "ups.load"), GAUGE32))
     a.add((*p, 4, 2, 4, 0), _i(lambda r: state(r).load_w / 230.0, GAUGE32))
+    # upsHighPrec*: the same in tenths, as NMC2/NMC3 cards serve them beside upsAdv*.
+    for sub, metric in (
+        ((2, 3, 1), "battery.charge"),
+        ((2, 3, 2), "ups.temperature"),
+        ((3, 3, 1), "input.voltage"),
+        ((3, 3, 4), "input.frequency"),
+        ((4, 3, 1), "output.voltage"),
+        ((4, 3, 2), "output.frequency"),
+        ((4, 3, 3), "ups.load"),
+    ):
+        a.add((*p, *sub, 0), _i(_tenths(name, metric), GAUGE32))
+    a.add((*p, 2, 3, 4, 0), _i(lambda r: r.num(name, "battery.voltage") * 10))
+    a.add((*p, 4, 3, 4, 0), _i(lambda r: state(r).load_w / 23.0, GAUGE32))
     del s
     return a
 
