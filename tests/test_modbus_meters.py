@@ -1,6 +1,6 @@
 """Feed power meters and a second genset family, each read from a replay of its register map:
 pymodbus's own TCP server (tests/fixtures/pymodbus_replay.py) holds the registers of a known
-operating point (tests/testcases/modbus/<model>/registers.yaml, encoded by pymodbus, not by us),
+operating point (drivers/modbus/testcases/<model>/registers.yaml, encoded by pymodbus, not by us),
 and the modbus driver must read back what the register map says those registers mean
 (expected.yaml): units, scales, word order, and the values that are not readings.
 """
@@ -22,7 +22,7 @@ from .fixtures.procs import Proc, free_port, tcp_open, wait_until
 
 pytestmark = pytest.mark.peer
 
-CASES = Path(__file__).parent / "testcases" / "modbus"
+CASES = Path(__file__).parents[1] / "drivers" / "modbus" / "testcases"
 NAMES = sorted(p.name for p in CASES.iterdir() if (p / "expected.yaml").is_file())
 REPLAY = Path(__file__).parent / "fixtures" / "pymodbus_replay.py"
 

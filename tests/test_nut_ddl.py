@@ -1,6 +1,6 @@
 """Recorded dumps of real UPS models (NUT's Device Dump Library) served by real upsd + dummy-ups.
 
-Every case in tests/testcases/nut/<maker-model>/ holds the `.dev` file exactly as nut-ddl has
+Every case in drivers/nut/testcases/<maker-model>/ holds the `.dev` file exactly as nut-ddl has
 it and an `expected.yaml` written from NUT's variable definitions: the status flags, every
 metric with its value and type, and the variables whose value is not a reading (`unknown`).
 All dumps run behind ONE upsd (one dummy-ups each) so the whole library costs one start-up.
@@ -27,7 +27,7 @@ from .fixtures.nut import NutServer, start_nut
 
 pytestmark = pytest.mark.peer
 
-CASES_DIR = Path(__file__).parent / "testcases" / "nut"
+CASES_DIR = Path(__file__).parents[1] / "drivers" / "nut" / "testcases"
 CASES = sorted(p.name for p in CASES_DIR.iterdir() if (p / "expected.yaml").is_file())
 
 

@@ -19,7 +19,7 @@ from facility_agent.drivers.snmp.profile import ProfileError, load_profile
 
 from .fixtures.snmp_rw import RW_AUTH, RW_PRIV, RW_USER, Writable, serve_writable
 
-CASE = Path(__file__).parent / "testcases" / "snmp" / "tripplite-pdumv30hvnetlx"
+CASE = Path(__file__).parents[1] / "drivers" / "snmp" / "testcases" / "tripplite-pdumv30hvnetlx"
 COMMAND = "1.3.6.1.4.1.850.1.1.3.2.3.3.1.1.6"  # tlpPduOutletCommand: turnOff(1) turnOn(2) cycle(3)
 STATE = "1.3.6.1.4.1.850.1.1.3.2.3.3.1.1.4"  # tlpPduOutletState: off(1) on(2)
 RULES = {COMMAND: {"state": STATE, "values": {"1": 1, "2": 2, "3": 2}}}

@@ -21,7 +21,7 @@ from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 
 from .fixtures.snmp import serve_recording
 
-CASES = Path(__file__).parent / "testcases" / "snmp"
+CASES = Path(__file__).parents[1] / "drivers" / "snmp" / "testcases"
 #: The profiles this file proves.
 PROFILES = {
     "tripplite-ups",

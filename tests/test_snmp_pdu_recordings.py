@@ -1,4 +1,4 @@
-"""PDU, ATS and sensor profiles proven on walks of real units (tests/testcases/snmp/*/ whose
+"""PDU, ATS and sensor profiles proven on walks of real units (drivers/snmp/testcases/*/ whose
 expected.yaml names one of these profiles): each recording is replayed by real net-snmp snmpd
 through the pass_persist helper, read by the SNMP driver, and compared with expected.yaml, which
 was written from the MIB's own definitions (units, ranges, enumerations, "not available"
@@ -19,7 +19,7 @@ from facility_agent.drivers.snmp.profile import ProfileError, load_profile
 
 from .fixtures.snmp import serve_recording
 
-CASES = Path(__file__).parent / "testcases" / "snmp"
+CASES = Path(__file__).parents[1] / "drivers" / "snmp" / "testcases"
 #: The profiles this file proves; their cases live beside the UPS cases.
 PROFILES = {
     "entity-sensor",

@@ -1,5 +1,5 @@
-"""Walks recorded from real UPS cards and PDUs (tests/testcases/snmp/*/device.snmprec), replayed by
-real net-snmp snmpd through the pass_persist helper, read by the SNMP driver with the profile the
+"""Walks recorded from real UPS cards and PDUs (drivers/snmp/testcases/*/device.snmprec), replayed
+by real net-snmp snmpd through the pass_persist helper, read by the SNMP driver with the profile the
 case names, and compared with expected.yaml, which was written from the MIBs' own definitions
 (units, ranges, enumerations), not from the agent's output. Each case's SOURCE.md says where the
 recording comes from and what the MIB says about its odd values.
@@ -20,7 +20,7 @@ from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 
 from .fixtures.snmp import serve_recording
 
-CASES = Path(__file__).parent / "testcases" / "snmp"
+CASES = Path(__file__).parents[1] / "drivers" / "snmp" / "testcases"
 NAMES = sorted(
     p.name
     for p in CASES.iterdir()
