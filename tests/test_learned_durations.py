@@ -26,9 +26,13 @@ from facility_agent.policy.journal import Journal
 from facility_agent.policy.plan import PlanRunner, StepContext
 from facility_agent.runbook import gather, render_markdown
 from facility_agent.state import SiteState
+from tests.fixtures.podman import Podman
 from tests.fixtures.procs import Proc
 from tests.fixtures.sshd import Sshd, start_sshd
 from tests.test_policy_site import until
+from tests.test_step_containers import names  # noqa: F401 (a fixture)
+from tests.test_step_containers import stage as container_stage
+from tests.test_step_vm import run_plan, site_uri, vm_stage  # noqa: F401 (site_uri: a fixture)
 
 HV = "qemu+ssh://agent:hv-secret@hv1/system"
 SOCK = "unix:///run/podman/podman.sock"
@@ -313,3 +317,41 @@ async def test_one_slow_ssh_host_makes_the_runtime_trigger_fire_earlier(
     assert event.data["expected_duration"] == pytest.approx(t_fast)
     assert f"runtime {below_both} s is below {MARGIN + t_fast:.0f} s" in event.data["reason"]
     assert fast.asked == ["true"] * 3 and slow.asked == ["sleep 4"] * 2
+
+
+async def test_guests_containers_and_projects_are_timed_as_they_stop(
+    tmp_path: Path,
+    site_uri: str,  # noqa: F811 (the fixture imported above)
+    podman_service: Podman,
+    names: dict[str, str],  # noqa: F811
+) -> None:
+    """The recording side, against libvirt's test driver (five guests, `hung` destroyed at
+    the timeout) and a real Podman service (a lone container, a compose project of two)."""
+    stages = [
+        vm_stage(site_uri, timeout=1),
+        {**container_stage(podman_service, names), "name": "containers"},
+        {"name": "idle", "steps": [{"wait": 0.1}]},
+    ]
+    journal, _, ok, outcomes = await run_plan(tmp_path, stages)
+    assert ok, outcomes
+    learned = journal.target_times("shutdown")
+    journal.close()
+    vm, pod = f"vm {site_uri}", f"containers {podman_service.url}"
+    assert {k for k in learned if k.startswith(vm)} == {
+        f"{vm} {g}" for g in ("db-1", "hung", "web-1", "web-2")
+    }
+    assert learned[f"{vm} hung"] >= 1.0  # destroyed after the 1 s timeout
+    # A container stopped after its 1 s grace (SIGKILL), the project as one entry.
+    assert learned[f"{pod} {names['solo']}"] >= 1.0
+    project = learned[f"{pod} project:{names['shop']}"]
+    assert project >= max(learned[f"{pod} {names['web']}"], learned[f"{pod} {names['db']}"])
+    assert f"{pod} {names['idle']}" not in learned  # not running: not stopped, not timed
+    plan = estimate_plan([StageConfig.model_validate(s) for s in stages], learned)
+    # The vm step: db-* then hung then web-* (each entry its slowest guest), then the
+    # containers: solo, idle (not measured: its grace, 1 s), the project.
+    vm_time = learned[f"{vm} db-1"] + learned[f"{vm} hung"]
+    vm_time += max(learned[f"{vm} web-1"], learned[f"{vm} web-2"])
+    assert plan.stages[0] == pytest.approx(vm_time)
+    assert plan.stages[1] == pytest.approx(learned[f"{pod} {names['solo']}"] + 1.0 + project)
+    assert plan.steps[1][0].bounded == [f"{pod} {names['idle']}"]
+    assert plan.stages[2] == pytest.approx(0.1)
