@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shlex
@@ -16,10 +17,12 @@ from typing import Any
 import pytest
 
 from facility_agent.config.policy import StageConfig, StepConfig
+from facility_agent.core.driver import Driver
+from facility_agent.core.model import Event, Sample, utcnow
 from facility_agent.policy.journal import Journal
 from facility_agent.policy.plan import PlanRunner, StepContext, execute_step
 from tests.fixtures.procs import free_port, wait_until
-from tests.fixtures.sshd import Sshd, keygen
+from tests.fixtures.sshd import PasswordSshd, Sshd, keygen
 
 
 def ssh_step(server: Sshd, tmp: Path, run: list[str], **ssh: Any) -> StepConfig:
@@ -268,3 +271,77 @@ def test_connect_timeout_on_a_host_that_never_answers(sshd_server: Sshd, tmp_pat
     assert detail.startswith(f"root@127.0.0.1:{port}:"), detail
     assert detail.endswith("no connection within 1 s"), detail
     assert took < 10, took
+
+
+class _OutageUps(Driver):
+    """A UPS whose status the password test sets (`_OutageUps.status`)."""
+
+    name = "world"
+    status = "OL"
+
+    async def poll(self) -> Sample:
+        metrics = {"battery.charge": 90, "battery.runtime": 3000}
+        return Sample(self.config.id, utcnow(), (_OutageUps.status,), metrics)
+
+
+async def test_password_login_from_a_secret_succeeds_and_is_never_shown(
+    sshd_password: PasswordSshd,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Password auth against real sshd (its own system user, password set by chpasswd), the
+    password from `${SSH_PASSWORD}` in the site file, run by the agent's plan: the login
+    works, and the password is in no log record, event, journal or step detail."""
+    from facility_agent.config import parse_site
+    from facility_agent.runtime import agent as agent_module
+    from facility_agent.runtime.agent import Agent
+    from tests.test_policy_site import until
+
+    server, user, password = sshd_password.sshd, sshd_password.user, sshd_password.password
+    known = server.known_hosts(tmp_path / "known_hosts")
+    monkeypatch.setattr(agent_module, "driver_class", lambda name: _OutageUps)
+    _OutageUps.status = "OL"
+    text = f"""\
+site: pwtest
+state_dir: {tmp_path / "state"}
+devices:
+  - {{id: ups-a, driver: world, interval: 100ms, jitter: 0}}
+groups: [{{id: ups, members: [ups-a], hold: 100ms}}]
+shutdown:
+  group: ups
+  triggers: {{on_battery_for: 200ms, hold: 100ms, runtime_margin: null}}
+  stages:
+    - name: hosts
+      steps:
+        - ssh:
+            host: 127.0.0.1
+            port: {server.port}
+            user: {user}
+            run: [echo, via-password]
+            password: "${{SSH_PASSWORD}}"
+            known_hosts_file: {known}
+"""
+    site = parse_site(
+        text, "site.yaml", env={"SSH_PASSWORD": password}, drivers=lambda: {"world": _OutageUps}
+    )
+    caplog.set_level(logging.DEBUG)
+    agent = Agent(site, sinks=[])
+    events: list[Event] = []
+    agent.on_event(events.append)
+    await agent.start()
+    try:
+        await until(lambda: "ups-a" in agent.state.all(), 10, "first poll")
+        _OutageUps.status = "OB"
+        await until(lambda: any(e.type.startswith("shutdown.c") for e in events), 30, "the plan")
+    finally:
+        await agent.stop()
+    steps = [e for e in events if e.type == "shutdown.step"]
+    assert len(steps) == 1 and steps[0].data["ok"], [e.message for e in events]
+    assert f"{user}@127.0.0.1:{server.port}: exit 0: ran: echo via-password" in steps[0].message
+    assert server.asked == ["echo via-password"]
+    assert f"Accepted password for {user}" in server.proc.output()
+    seen = [caplog.text, *(json.dumps(e.payload()) for e in events), repr(site)]
+    seen += [p.read_bytes().decode("utf-8", "replace") for p in (tmp_path / "state").rglob("*")]
+    for text in seen:
+        assert password not in text

@@ -18,6 +18,7 @@ import requests
 
 from facility_agent.actions.targets import Tally, TargetLog
 from facility_agent.config.policy import ContainersStep
+from facility_agent.policy.durations import project_target
 
 PROJECT_LABEL = "com.docker.compose.project"
 #: States of a container that is up: a paused one holds its state too and must be stopped.
@@ -35,11 +36,15 @@ def client(cfg: ContainersStep, timeout: float) -> Any:
     return docker.DockerClient(base_url=cfg.socket, version=cfg.api_version, timeout=timeout)
 
 
-def _select(api: Any, cfg: ContainersStep) -> tuple[list[list[str]], list[tuple[str, str]]]:
-    """Running containers per entry (names, then projects), and (target, why) not found."""
+def _select(
+    api: Any, cfg: ContainersStep
+) -> tuple[list[list[str]], list[tuple[str, str]], dict[str, str]]:
+    """Running containers per entry (names, then projects), (target, why) not found, and the
+    project each container of a `projects:` entry was chosen by."""
     seen: set[str] = set()
     out: list[list[str]] = []
     missing: list[tuple[str, str]] = []
+    by_project: dict[str, str] = {}
     for name in cfg.names:
         try:
             c = api.containers.get(name)
@@ -53,8 +58,9 @@ def _select(api: Any, cfg: ContainersStep) -> tuple[list[list[str]], list[tuple[
         found = api.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"})
         group = sorted(c.name for c in found if c.name not in seen)
         seen.update(group)
+        by_project.update(dict.fromkeys(group, project))
         out.append(group)
-    return [g for g in out if g], missing
+    return [g for g in out if g], missing, by_project
 
 
 def _stop_one(api: Any, name: str, grace: float) -> str:
@@ -89,7 +95,7 @@ async def stop_containers(
     tally = Tally(f"containers at {cfg.socket}")
     try:
         api = await asyncio.to_thread(client, cfg, timeout)
-        plan, missing = await asyncio.to_thread(_select, api, cfg)
+        plan, missing, by_project = await asyncio.to_thread(_select, api, cfg)
     except _ERRORS as exc:
         tally.fail(cfg.socket, f"cannot reach the container engine: {_message(exc)}")
         return tally.result("")
@@ -107,6 +113,7 @@ async def stop_containers(
             return tally.result("")
         running = {n for g in plan for n in g}
         for group in plan:
+            started = time.monotonic()
             results = await asyncio.gather(
                 *(_stop(api, name, cfg, log) for name in group), return_exceptions=True
             )
@@ -117,6 +124,11 @@ async def stop_containers(
                     tally.fail(name, str(result))
                 else:
                     tally.ok(result)
+            # A project's containers stop together: the entry takes as long as all of them.
+            project = {by_project.get(n) for n in group}
+            whole = not before and not any(isinstance(r, BaseException) for r in results)
+            if whole and len(project) == 1 and None not in project:
+                log.timed(project_target(str(project.pop())), time.monotonic() - started)
         for name, state in before.items():
             if state == "stopping" and name not in running:
                 log.mark(name, "stopped")  # it went off while the agent was down

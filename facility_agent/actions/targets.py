@@ -27,9 +27,17 @@ STOPPED = ("stopped", "stopping")
 class TargetLog:
     """The journal rows of one step's targets; in memory only when there is no journal."""
 
-    def __init__(self, journal: Journal | None, position: tuple[int, int, int] | None) -> None:
+    def __init__(
+        self,
+        journal: Journal | None,
+        position: tuple[int, int, int] | None,
+        scope: str | None = None,
+    ) -> None:
         self.journal = journal if position is not None else None
         self.position = position
+        #: The key prefix of this step's targets in the journal's `timings` (`vm <uri>`); None:
+        #: their times are not learned (recovery's starts).
+        self.scope = scope
         self._memory: dict[str, str] = {}
 
     def states(self) -> dict[str, str]:
@@ -42,6 +50,13 @@ class TargetLog:
             self._memory[target] = state
             return
         self.journal.target_mark(self.position, target, state, duration)
+        if state == "stopped" and duration is not None:
+            self.timed(target, duration)
+
+    def timed(self, target: str, duration: float) -> None:
+        """Journal what a target took, for the plan's learned duration (policy/durations.py)."""
+        if self.journal is not None and self.position is not None and self.scope is not None:
+            self.journal.target_time(self.position, f"{self.scope} {target}", duration)
 
 
 def public_uri(uri: str) -> str:

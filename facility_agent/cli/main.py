@@ -222,6 +222,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
                 speed=args.speed,
                 dry_run=args.dry_run,
                 on_tick=progress.tick,
+                nut_face=args.nut_face_listen,
             )
         )
     except Exception as exc:
@@ -231,6 +232,14 @@ def cmd_drill(args: argparse.Namespace) -> int:
     progress.tick(report, None)
     print(write_report(report, Path(args.report) if args.report else None), flush=True)
     return EXIT_OK
+
+
+def nut_listen(text: str) -> str:
+    """A `--nut-face-listen` value: host:port, as `nut_server.listen` is."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be host:port, not {text!r}")
+    return text
 
 
 def print_line(line: str) -> None:
@@ -351,6 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
         "reported; device actions go to the simulated devices, as in every drill",
     )
     p.add_argument("--report", metavar="FILE", help="also write the report to this file")
+    p.add_argument(
+        "--nut-face-listen",
+        metavar="HOST:PORT",
+        type=nut_listen,
+        help="serve the drill's NUT face (nut_server:) here, for a test upsmon secondary to "
+        "follow [a free loopback port: the site's real secondaries never see a drill's FSD]",
+    )
     p.set_defaults(func=cmd_drill)
 
     p = command("demo", "run the agent against the simulated site through a scripted outage")

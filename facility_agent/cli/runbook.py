@@ -26,6 +26,13 @@ from facility_agent.actions.targets import public_uri
 from facility_agent.config.outputs import redact_url
 from facility_agent.config.policy import ShutdownConfig, StageConfig, StepConfig
 from facility_agent.config.site import ConfigError, SiteConfig, load_site
+from facility_agent.policy.durations import (
+    TIMINGS_SQL,
+    estimate_plan,
+    estimate_step,
+    medians,
+    merged,
+)
 from facility_agent.policy.engine import DRILL_JOURNAL
 
 JOURNAL = "journal.sqlite"
@@ -88,6 +95,22 @@ def read_runs(path: Path, limit: int = 10) -> list[RunRow]:
     finally:
         db.close()
     return runs
+
+
+def read_timings(path: Path, kind: str = "shutdown") -> dict[str, float]:
+    """Each target's learned time in a plan journal (read-only); {} for an older journal."""
+    if not path.exists():
+        return {}
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return {}
+    try:
+        return medians(db.execute(TIMINGS_SQL, (kind,)).fetchall())
+    except sqlite3.Error:
+        return {}  # a journal written before targets were timed has no `timings`
+    finally:
+        db.close()
 
 
 def default_state_dir(site: SiteConfig) -> Path:
@@ -217,6 +240,8 @@ class Inputs:
     drills: list[RunRow]
     #: Device states (`P/{device}/state` payloads) when read from the broker, else None.
     live: dict[str, dict[str, Any]] | None = None
+    #: Each shutdown target's learned time (policy/durations.py): real runs, else drills.
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def gather(site: SiteConfig, source: Path, state_dir: Path | None = None) -> Inputs:
@@ -227,6 +252,7 @@ def gather(site: SiteConfig, source: Path, state_dir: Path | None = None) -> Inp
         sdir,
         read_runs(sdir / JOURNAL, limit=20),
         read_runs(sdir / DRILL_JOURNAL, limit=20),
+        timings=merged(read_timings(sdir / JOURNAL), read_timings(sdir / DRILL_JOURNAL)),
     )
 
 
@@ -398,6 +424,12 @@ def _triggers(site: SiteConfig, inp: Inputs) -> list[str]:
 
 
 def _expected(sd: ShutdownConfig, inp: Inputs) -> tuple[float, str]:
+    plan = estimate_plan(sd.stages, inp.timings)
+    if plan.learned_any:
+        return plan.seconds, (
+            "from each target's learned time: each stage as long as its slowest step, "
+            "a target not yet measured counted with its bound"
+        )
     real = learned_total(inp.real, "shutdown")
     if real is not None:
         return real, "learned from real runs"
@@ -407,12 +439,34 @@ def _expected(sd: ShutdownConfig, inp: Inputs) -> tuple[float, str]:
     return float(sd.expected_duration), "as configured (`expected_duration`)"
 
 
+def learned_text(
+    step: StepConfig, timings: dict[str, float], positional: float | None
+) -> tuple[str, str]:
+    """The step's learned per-target times, and what it is expected to take."""
+    est = estimate_step(step, timings)
+    if step.wait is not None:
+        return "-", secs(est.seconds)
+    if not est.learned:
+        return (secs(positional) if positional is not None else "-"), secs(est.seconds)
+    if len(est.learned) == 1 and (step.vm or step.containers) is None:
+        text = secs(est.learned[0][1])
+    else:
+        text = ", ".join(f"{key.rsplit(' ', 1)[-1]} {secs(t)}" for key, t in est.learned)
+    if est.bounded:
+        text += f"; not yet measured: {len(est.bounded)}"
+    return text, secs(est.seconds)
+
+
 def _stages(
-    stages: list[StageConfig], learned: dict[tuple[int, int], float], offset: int = 0
+    stages: list[StageConfig],
+    learned: dict[tuple[int, int], float],
+    offset: int = 0,
+    timings: dict[str, float] | None = None,
 ) -> list[str]:
     rows: list[list[object]] = []
     for si, stage in enumerate(stages):
         for ti, step in enumerate(stage.steps):
+            took, expected = learned_text(step, timings or {}, learned.get((si, ti)))
             extra = []
             if step.undo:
                 extra.append(f"undo: {step.undo}")
@@ -428,11 +482,13 @@ def _stages(
                     step_kind(step),
                     secs(step_estimate(step))
                     + (" (wait)" if step.wait is not None else " (timeout)"),
-                    secs(learned.get((si, ti))) if (si, ti) in learned else "-",
+                    took,
+                    expected,
                     ", ".join(extra),
                 ]
             )
-    return table(["stage", "step", "what", "configured", "learned (median)", "notes"], rows)
+    head = ["stage", "step", "what", "configured", "learned (median)", "expected", "notes"]
+    return table(head, rows)
 
 
 def _shutdown(site: SiteConfig, inp: Inputs) -> list[str]:
@@ -446,10 +502,10 @@ def _shutdown(site: SiteConfig, inp: Inputs) -> list[str]:
     out += [
         "Stages run in order; the steps of one stage run in parallel.",
         "",
-        *_stages(sd.stages, learned_steps(inp.real + inp.drills, "shutdown")),
+        *_stages(sd.stages, learned_steps(inp.real + inp.drills, "shutdown"), 0, inp.timings),
         f"- Expected duration of the whole plan: **{secs(expected)}** ({how}); "
-        f"configured `expected_duration` {secs(sd.expected_duration)}; the sum of each "
-        f"stage's longest step bound is {secs(worst)}.",
+        f"configured `expected_duration` {secs(sd.expected_duration)} (the guess until a "
+        f"target is measured); the sum of each stage's longest step bound is {secs(worst)}.",
         f"- Battery runtime of group `{sd.group}`: **{runtime_text}**.",
     ]
     if runtime is not None:

@@ -316,7 +316,8 @@ class ShutdownConfig(_Section):
     #: The power group whose loss this plan answers.
     group: str
     triggers: Triggers = Field(default_factory=Triggers)
-    #: How long the plan takes; replaced by what the journal learned from completed runs.
+    #: How long the plan takes until any target's time was learned (policy/durations.py):
+    #: from then on each stage counts as long as its slowest learned (or bounded) step.
     expected_duration: Duration = 300.0
     #: Power must be back this long before a running plan is cancelled.
     cancel_after: Duration = 10.0

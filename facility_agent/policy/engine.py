@@ -21,6 +21,7 @@ from facility_agent.actions.targets import stopped_by
 from facility_agent.config.policy import PolicyConfig, StageConfig, StepConfig
 from facility_agent.core.driver import Driver
 from facility_agent.core.model import DeviceState, Event, Severity, utcnow
+from facility_agent.policy.durations import estimate_plan, merged
 from facility_agent.policy.evaluate import (
     Blind,
     GroupEvaluator,
@@ -404,15 +405,32 @@ class PolicyEngine:
         self._unconfirmed_warned &= set(pv.unconfirmed_low)
 
     def expected_duration(self) -> float:
-        """What the plan takes: learned from completed runs (real ones first, then drills),
-        else as configured. Cached until the next plan ends."""
+        """What the plan takes: built from each target's learned time (durations.py; real runs
+        first, then drills), each stage as long as its slowest step. Until any target of the
+        plan was measured: the median of completed runs, else `expected_duration` as
+        configured. Cached until the next plan ends."""
         if self._expected is None:
             self._expected = self._learn_duration()
         return self._expected
 
+    def learned_times(self) -> dict[str, float]:
+        """Each target's learned time: from real runs, else from drills."""
+        real = self.journal.target_times("shutdown")
+        drills = self.journal.path.with_name(DRILL_JOURNAL)
+        if drills == self.journal.path or not drills.exists():
+            return real
+        other = Journal(drills)
+        try:
+            return merged(real, other.target_times("shutdown"))
+        finally:
+            other.close()
+
     def _learn_duration(self) -> float:
         sd = self.policy.shutdown
         assert sd is not None
+        plan = estimate_plan(sd.stages, self.learned_times())
+        if plan.learned_any:
+            return plan.seconds
         learned = self.journal.learned_duration("shutdown")
         drills = self.journal.path.with_name(DRILL_JOURNAL)
         if learned is None and drills != self.journal.path and drills.exists():

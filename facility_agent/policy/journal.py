@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from facility_agent.policy.durations import LAST, TIMINGS_SQL, medians
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -64,6 +66,17 @@ CREATE TABLE IF NOT EXISTS targets (
     at REAL NOT NULL,
     seq INTEGER NOT NULL,
     duration REAL,
+    PRIMARY KEY (run_id, stage, step, target)
+);
+-- What each target of a step took when it succeeded, keyed by what it is (an ssh host and its
+-- command, a guest at a URI, a container, a run: command: policy/durations.py), not by where it
+-- sits in the plan: the plan's expected duration is built from these.
+CREATE TABLE IF NOT EXISTS timings (
+    run_id INTEGER NOT NULL,
+    stage INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    target TEXT NOT NULL,
+    duration REAL NOT NULL,
     PRIMARY KEY (run_id, stage, step, target)
 );
 """
@@ -227,6 +240,18 @@ class Journal:
             (run_id, stage, step, target, state, time.time(), run_id, stage, step, duration),
         ).result()
 
+    def target_time(
+        self, position: tuple[int, int, int], target: str, duration: float
+    ) -> Future[None]:
+        """Journal what one target took (queued in order, not waited for: nothing depends on
+        it but the next estimate, and a read waits for the queued writes)."""
+        run_id, stage, step = position
+        return self._write(
+            "INSERT OR REPLACE INTO timings (run_id, stage, step, target, duration)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (run_id, stage, step, target, float(duration)),
+        )
+
     def targets(self, position: tuple[int, int, int]) -> list[tuple[str, str]]:
         """(target, state) of a step, in the order they were first marked."""
         self._caught_up()
@@ -289,6 +314,11 @@ class Journal:
         ).fetchall()
         values = [float(r[0]) for r in rows if r[0] is not None]
         return statistics.median(values) if values else None
+
+    def target_times(self, kind: str = "shutdown", last: int = LAST) -> dict[str, float]:
+        """Per target (policy/durations.py keys), the median of its last measured times."""
+        self._caught_up()
+        return medians(self._db.execute(TIMINGS_SQL, (kind,)).fetchall(), last)
 
 
 def _run(row: tuple[object, ...]) -> RunRecord:

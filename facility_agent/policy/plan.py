@@ -19,6 +19,7 @@ from facility_agent.actions.hooks import run_hook
 from facility_agent.actions.targets import TargetLog, stopped_by
 from facility_agent.config.policy import StageConfig, StepConfig
 from facility_agent.core.driver import Driver
+from facility_agent.policy.durations import scope, target_key
 from facility_agent.policy.journal import Journal
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ async def _targets_step(step: StepConfig, ctx: StepContext) -> tuple[bool, str]:
     # Imported here: libvirt and the docker SDK cost ~0.25 s, paid only by sites that use them.
     from facility_agent.actions import containers, libvirt_guests
 
-    log = TargetLog(ctx.journal, ctx.position)
+    log = TargetLog(ctx.journal, ctx.position, None if step.action == START else scope(step))
     if step.action == START:
         if ctx.dry_run:
             return True, f"dry run: would start again what {step.label[6:]} stopped"
@@ -230,10 +231,15 @@ class PlanRunner:
             # Queued, in order, not awaited: the cancellation goes on at once.
             self.journal.step_ended(self.run_id, si, ti, "interrupted", "plan cancelled")
             raise
+        took = time.monotonic() - started
         await self.journal.durable(
             self.journal.step_ended(self.run_id, si, ti, "done" if ok else "failed", detail)
         )
-        self._tell(StepOutcome(si, ti, step.label, ok, detail, time.monotonic() - started))
+        key = target_key(step)
+        if ok and key is not None and not self.ctx.dry_run:
+            # What this host (command, device action) took feeds the plan's expected duration.
+            self.journal.target_time((self.run_id, si, ti), key, took)
+        self._tell(StepOutcome(si, ti, step.label, ok, detail, took))
         return ok or step.on_failure == "continue"
 
     def _tell(self, outcome: StepOutcome) -> None:

@@ -22,6 +22,7 @@ from facility_agent.config.site import SiteConfig
 from facility_agent.core.driver import DeviceConfig
 from facility_agent.core.model import Event
 from facility_agent.core.sink import Sink
+from facility_agent.drivers.nut.face.server import NutFace
 from facility_agent.runtime.agent import Agent
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ class DrillReport:
     runtime_at_decision: float | None = None
     dry_run: bool = False
     started: float = field(default_factory=time.monotonic)
+    #: Where the drill's NUT face listened, and when each secondary was first served FSD.
+    nut_face: str | None = None
+    secondaries: dict[str, float] = field(default_factory=dict)
+    #: Each target's learned time after the drill (policy/durations.py), and the plan's
+    #: expected duration at the decision and from what is learned now.
+    learned: dict[str, float] = field(default_factory=dict)
+    expected_after: float | None = None
 
     def first(self, kind: str, after: float = 0.0) -> tuple[float, Event] | None:
         for at, ev in self.events:
@@ -80,10 +88,27 @@ class DrillReport:
             out.append(f"  time to decide:  {decide[0] - detect[0]:6.2f} s ({why})")
         elif not decide:
             out.append("  no shutdown was started")
+        real = None
+        if self.runtime_at_decision is not None:
+            real = self.runtime_at_decision / max(self.speed, 1e-9)
         steps = [(at, ev) for at, ev in self.events if ev.type == "shutdown.step"]
-        for _, ev in steps:
+        if steps and decide:
+            expected = decide[1].data.get("expected_duration")
+            against = f" against {real:.0f} s of battery runtime" if real is not None else ""
+            guess = f" (expected {float(expected):.1f} s)" if expected is not None else ""
+            out.append(f"  steps: took, ended after the decision{against}{guess}")
+        for at, ev in steps:
             ok = "ok    " if ev.data.get("ok") else "FAILED"
-            out.append(f"    step {ok} {float(ev.data.get('duration', 0.0)):6.2f} s  {ev.message}")
+            took = float(ev.data.get("duration", 0.0))
+            when = ""
+            if decide:
+                after = at - decide[0]
+                when = f"  +{after:6.2f} s"
+                if real is not None:
+                    used = 100 * after / max(real, 1e-9)
+                    when += f" ({real - after:.0f} s left, {used:.1f}% used)"
+            out.append(f"    step {ok} {took:6.2f} s{when}  {ev.message}")
+        out += self._secondary_lines(decide[0] if decide else None, real)
         done = (
             self.first("shutdown.completed")
             or self.first("shutdown.cancelled")
@@ -101,6 +126,7 @@ class DrillReport:
                 if done[1].type == "shutdown.completed":
                     line += f"; margin {real - total:+.0f} s"
                 out.append(line)
+        out += self._learned_lines()
         back = self.mark("utility.restore")
         recovered = self.first("recovery.completed")
         if back and recovered:
@@ -112,9 +138,43 @@ class DrillReport:
             out.append("  no recovery ran")
         return out
 
+    def _secondary_lines(self, decided: float | None, real: float | None) -> list[str]:
+        if self.nut_face is None:
+            return []
+        if not self.secondaries:
+            return [f"  NUT face {self.nut_face}: no secondary was served FSD"]
+        out = []
+        for who, at in sorted(self.secondaries.items(), key=lambda item: item[1]):
+            line = f"  NUT secondary {who} saw FSD"
+            if decided is not None:
+                after = at - decided
+                line += f" at +{after:.2f} s"
+                if real is not None:
+                    line += f" ({real - after:.0f} s of battery runtime left)"
+            out.append(line)
+        return out
 
-def point_at_simulator(site: SiteConfig, info: Any) -> tuple[SiteConfig, list[str]]:
-    """The site with each device aimed at its simulated counterpart; the ones left out."""
+    def _learned_lines(self) -> list[str]:
+        if not self.learned:
+            return []
+        out = ["  learned target times (median of the last runs):"]
+        width = min(max(len(k) for k in self.learned), 70)
+        out += [f"    {k:<{width}}  {v:7.2f} s" for k, v in sorted(self.learned.items())]
+        decide = self.first("shutdown.started")
+        before = decide[1].data.get("expected_duration") if decide else None
+        if self.expected_after is not None:
+            was = f"{float(before):.1f} s at the decision, " if before is not None else ""
+            out.append(f"  expected plan duration: {was}{self.expected_after:.1f} s from now on")
+        return out
+
+
+def point_at_simulator(
+    site: SiteConfig, info: Any, nut_listen: str | None = None
+) -> tuple[SiteConfig, list[str]]:
+    """The site with each device aimed at its simulated counterpart; the ones left out.
+
+    The NUT face listens on `nut_listen` if given (a test secondary's address), else on a
+    free loopback port."""
     devices: list[DeviceConfig] = []
     skipped: list[str] = []
     ports: dict[str, int] = dict(info.ports)
@@ -128,10 +188,8 @@ def point_at_simulator(site: SiteConfig, info: Any) -> tuple[SiteConfig, list[st
     face = site.sections.get("nut_server")
     if face is not None:
         # A drill's FSD must never reach the site's real secondaries: a free loopback port.
-        sections = {
-            **site.sections,
-            "nut_server": face.model_copy(update={"listen": "127.0.0.1:0"}),
-        }
+        listen = nut_listen or "127.0.0.1:0"
+        sections = {**site.sections, "nut_server": face.model_copy(update={"listen": listen})}
         update["sections"] = sections
     return site.model_copy(update=update), skipped
 
@@ -167,6 +225,7 @@ async def run_drill(
     on_event: Callable[[Event], None] | None = None,
     on_tick: Callable[[DrillReport, Any], None] | None = None,
     nut_port: int = 0,
+    nut_face: str | None = None,
 ) -> DrillReport:
     from facility_agent.simulators.serve import RunningSimulator, SimulatorOptions
 
@@ -191,7 +250,7 @@ async def run_drill(
     )
     async with RunningSimulator(options) as sim:
         report.speed = sim.info.speed
-        aimed, report.skipped_devices = point_at_simulator(site, sim.info)
+        aimed, report.skipped_devices = point_at_simulator(site, sim.info, nut_face)
         agent = Agent(aimed, sinks=sinks)
         agent.drill = True
         agent.dry_run = dry_run
@@ -208,10 +267,33 @@ async def run_drill(
         agent.on_event(record)
         await agent.start()
         try:
+            face = _nut_face(agent)
+            if face is not None:
+                host, _ = face.config.address
+                report.nut_face = f"{host}:{face.port}"
             await _wait_for_the_end(sim, agent, report, on_tick)
+            _learned(agent, report)
         finally:
             await agent.stop()
     return report
+
+
+def _nut_face(agent: Agent) -> NutFace | None:
+    """The NUT driver's site service, when the site has a `nut_server:` face."""
+    face = agent.services.get("nut")
+    return face if isinstance(face, NutFace) else None
+
+
+def _learned(agent: Agent, report: DrillReport) -> None:
+    """What the drill taught: each target's time, the plan's expected duration from now."""
+    face = _nut_face(agent)
+    if face is not None:
+        report.secondaries = dict(face.fsd_seen)
+    policy = agent.policy
+    if policy is None or report.dry_run:
+        return
+    report.learned = policy.learned_times()
+    report.expected_after = policy.expected_duration()
 
 
 async def _wait_for_the_end(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -70,6 +71,9 @@ class NutFace:
         self._clients: dict[asyncio.StreamWriter, _Client] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
+        #: `user@peer` -> when (monotonic) a logged-in client was first served a `ups.status`
+        #: with FSD: when each secondary learned it must go (the drill report shows it).
+        self.fsd_seen: dict[str, float] = {}
 
     # -- the view -----------------------------------------------------------------------------
 
@@ -182,7 +186,7 @@ class NutFace:
         if cmd == "GET":
             return self._get(client, args)
         if cmd == "LIST":
-            return self._list(args)
+            return self._list(client, args)
         if cmd in ("SET", "INSTCMD", "FSD", "PRIMARY", "MASTER"):
             raise NutError("ACCESS-DENIED")
         raise NutError("UNKNOWN-COMMAND")
@@ -229,6 +233,8 @@ class NutFace:
             value = self.variables(args[1]).get(args[2])
             if value is None:
                 raise NutError("VAR-NOT-SUPPORTED")
+            if args[2] == "ups.status":
+                self._note_fsd(client, value)
             return f"VAR {quote(args[1])} {quote(args[2])} {quoted(value)}\n"
         if sub == "UPSDESC" and len(args) == 2:
             self._unit(args[1])
@@ -253,7 +259,7 @@ class NutFace:
             return "OFF\n"
         raise NutError("INVALID-ARGUMENT")
 
-    def _list(self, args: list[str]) -> str:
+    def _list(self, client: _Client, args: list[str]) -> str:
         if not args:
             raise NutError("INVALID-ARGUMENT")
         sub = args[0].upper()
@@ -263,6 +269,7 @@ class NutFace:
         if sub == "VAR" and len(args) == 2:
             ups = quote(args[1])
             variables = self.variables(args[1]).items()
+            self._note_fsd(client, dict(variables).get("ups.status", ""))
             lines = [f"VAR {ups} {quote(k)} {quoted(v)}" for k, v in variables]
             return _block(["VAR", ups], lines)
         if sub in ("RW", "CMD") and len(args) == 2:
@@ -282,6 +289,10 @@ class NutFace:
                 raise NutError("VAR-NOT-SUPPORTED")
             raise NutError("INVALID-ARGUMENT")
         raise NutError("INVALID-ARGUMENT")
+
+    def _note_fsd(self, client: _Client, status: str) -> None:
+        if client.logged_in is not None and "FSD" in status.split():
+            self.fsd_seen.setdefault(f"{client.username}@{client.peer}", time.monotonic())
 
 
 def _block(query: list[str], lines: list[str]) -> str:
