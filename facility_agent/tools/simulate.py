@@ -7,8 +7,67 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser, positive: Callable[[str], Any]) -> None:
+    """`facility-agent simulate`'s options: which site, scenario, speed, and each face's port."""
+    p.add_argument(
+        "--sim-site",
+        "--site",  # the old spelling, kept for scripts
+        dest="sim_site",
+        metavar="FILE",
+        help="simulated site file [the bundled sim-site.yaml]",
+    )
+    p.add_argument("--scenario", help="scenario name (bundled) or YAML file to play [none]")
+    p.add_argument("--speed", type=positive, default=1.0, help="simulated seconds per real second")
+    p.add_argument(
+        "--listen",
+        "--host",  # the old spelling, kept for scripts
+        dest="listen",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="address the faces listen on",
+    )
+    p.add_argument("--nut-port", type=int, default=3493, help="NUT (upsd) port; 0 = any free")
+    p.add_argument(
+        "--modbus-port", type=int, default=5020, help="Modbus TCP port (genset unit 10, ATS 11)"
+    )
+    p.add_argument(
+        "--modbus-rtu",
+        default="pty",
+        help="Modbus RTU: 'pty' (a new pseudo-terminal, path printed), a path for a symlink to "
+        "it, or 'off'",
+    )
+    p.add_argument(
+        "--snmp-port",
+        type=int,
+        default=1161,
+        help="SNMP UDP port of every simulated agent (community = equipment name); 0 = any free",
+    )
+    p.add_argument(
+        "--ipmi-port",
+        type=int,
+        default=None,
+        help="serve every simulated server's BMC over IPMI (RMCP+): UDP port of the first one, "
+        "the next servers on the next ports (e.g. 6230); 0 = any free [off: no IPMI face]",
+    )
+    p.add_argument(
+        "--snmp-trap-target",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="send the SNMP agents' traps there (repeatable) [none]",
+    )
+    p.add_argument(
+        "--snmp-pdu-outlets", type=int, default=24, help="outlets per simulated PDU over SNMP"
+    )
+    p.add_argument(
+        "--exit-after-scenario", action="store_true", help="stop when the scenario has ended"
+    )
 
 
 def _host_port(text: str) -> tuple[str, int]:
