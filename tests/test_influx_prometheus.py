@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from facility_agent.config.outputs import InfluxConfig, PrometheusConfig
 from facility_agent.core.model import DeviceState, Event, Severity
+from facility_agent.core.sink import Sink
 from facility_agent.outbox import Outbox
 from facility_agent.sinks.influx import InfluxSink
 from facility_agent.sinks.prometheus import PrometheusSink
@@ -184,12 +185,23 @@ async def test_metrics_parse_back_and_healthz(tmp_path: Path) -> None:
     box.put("mqtt", "event", "t", b"x", None)
     await box.flush()
 
-    class FakeOutput:
+    class FakeOutput(Sink):
         name = "mqtt"
-        connected = True
+
+        @property
+        def connected(self) -> bool:
+            return True
 
         def stats(self) -> dict[str, int]:
             return {"sent": 12, "queued": 3}
+
+        async def start(self) -> None: ...
+
+        def publish_state(self, state: DeviceState) -> None: ...
+
+        def publish_event(self, event: Event) -> None: ...
+
+        async def stop(self, timeout: float = 5.0) -> None: ...
 
     sink = PrometheusSink(
         PrometheusConfig(listen="127.0.0.1:0"), SITE, sinks=[FakeOutput()], outbox=box

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def part_name(part: object) -> str:
     """How a sink (or listener) is named in logs and metrics."""
     name = getattr(part, "name", None)
-    if isinstance(name, str):
+    if isinstance(name, str) and name:
         return name
     return getattr(part, "__qualname__", type(part).__name__)
 

@@ -117,7 +117,7 @@ class InfluxSink(Sink):
         self._write_api: WriteApi | None = None
         self._counts = {"sent": 0, "set_aside": 0, "failed": 0, "retries": 0}
         self._failing_since: float | None = None
-        self.connected = False
+        self._connected = False
         self.supervisor = Supervisor()
         #: Probed between retries, so that a server back from an outage is written to at once.
         self._target = url_target(config.url)
@@ -175,6 +175,10 @@ class InfluxSink(Sink):
 
     def pending(self) -> int:
         return self._channel.pending if self._channel is not None else 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     def stats(self) -> dict[str, int]:
         return {"queued": self.pending(), **self._counts}
@@ -276,7 +280,7 @@ class InfluxSink(Sink):
             raise _Refused(int(exc.status or 0), str(body or exc.reason or "")) from None
 
     def _note_failure(self, exc: Exception) -> None:
-        self.connected = False
+        self._connected = False
         first = self._failing_since is None
         if first:
             self._failing_since = time.monotonic()
@@ -297,7 +301,7 @@ class InfluxSink(Sink):
         )
 
     def _note_success(self) -> None:
-        self.connected = True
+        self._connected = True
         if self._failing_since is not None:
             down = time.monotonic() - self._failing_since
             log.warning(

@@ -100,7 +100,7 @@ class PrometheusSink(Sink):
         config: PrometheusConfig,
         site: str,
         *,
-        sinks: Iterable[Any] = (),
+        sinks: Iterable[Sink] = (),
         outbox: Outbox | None = None,
     ) -> None:
         self.config = config
@@ -191,10 +191,8 @@ class PrometheusSink(Sink):
         """On the event loop: copy what a scrape shows (cheap: the states dict is immutable)."""
         outputs: list[OutputSnapshot] = []
         for other in self.sinks:
-            stats = getattr(other, "stats", None)
-            connected = bool(other.connected) if hasattr(other, "connected") else None
-            name = getattr(other, "name", type(other).__name__.lower())
-            outputs.append(OutputSnapshot(name, dict(stats()) if stats else {}, connected))
+            name = other.name or type(other).__name__.lower()
+            outputs.append(OutputSnapshot(name, dict(other.stats()), other.connected))
         box = self.outbox
         return Snapshot(
             states=self._states,
