@@ -460,7 +460,13 @@ async def run(quick: bool) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="snmp-bench-"))
     env = {**os.environ, "SNMP_PERSISTENT_DIR": str(tmp / "client"), "MIBS": ""}
     snmpd, snmpd_port = start_snmpd(tmp)
-    sim, sim_port = start_simulator()
+    try:
+        sim, sim_port = start_simulator()
+    except BaseException:
+        # A peer started and the next one not: stop it, or it outlives the bench.
+        snmpd.terminate()
+        snmpd.wait()
+        raise
     profile10 = tmp / "ten.yaml"
     profile10.write_text(
         "protocol: snmp\nname: ten\nmetrics:\n"
