@@ -159,7 +159,8 @@ class NutDriver(Driver):
     @classmethod
     async def start_site(cls, hooks: SiteHooks) -> SiteService | None:
         config = hooks.sections.get("nut_server")
-        if not isinstance(config, NutServerConfig):
+        # A dry run touches nothing: no face, so no secondary can see a drill's FSD.
+        if not isinstance(config, NutServerConfig) or hooks.dry_run:
             return None
         face = NutFace(config, hooks.states, hooks.secondaries_fsd)
         await face.start()

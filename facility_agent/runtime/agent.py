@@ -148,14 +148,11 @@ class Agent:
     async def restart_services(self, drivers: set[str] | None = None) -> None:
         """(Re)start the drivers' site-wide services for the current config and devices: all
         of them, or those of `drivers` (a reload restarts only the services whose section or
-        devices changed, so upsmon secondaries stay connected to the NUT face meanwhile).
-        A dry run starts none: no NUT face, so no secondary can see a drill's FSD."""
+        devices changed, so upsmon secondaries stay connected to the NUT face meanwhile)."""
         for name, cls in sorted(driver_classes().items()):
             if drivers is not None and name not in drivers:
                 continue
             await self._stop_service(name)
-            if self.dry_run:
-                continue
             sections = {
                 key: section
                 for key in cls.site_sections
