@@ -42,6 +42,7 @@ from facility_agent.sinks.prometheus import PrometheusSink
 from tests.fixtures.mosquitto import Broker, Collector
 from tests.fixtures.outputs import Mailbox, mail_text
 from tests.fixtures.procs import free_port, require_binary
+from tests.fixtures.waiting import until
 from tests.test_notify import mail_route
 from tests.test_policy_engine import (
     Recorder,
@@ -98,14 +99,6 @@ def scrape(sink: PrometheusSink) -> dict[tuple[str, tuple[tuple[str, str], ...]]
         for sample in family.samples:
             out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return out
-
-
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not true after {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 # -- sink isolation ---------------------------------------------------------------------------

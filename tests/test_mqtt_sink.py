@@ -22,6 +22,7 @@ from facility_agent.core.model import DeviceState, Event, Severity
 from facility_agent.sinks.mqtt import MAX_IN_FLIGHT, MqttSink
 from tests.fixtures.mosquitto import AGENT, READER, Broker, Collector, Received, retained
 from tests.fixtures.procs import Proc, wait_until
+from tests.fixtures.waiting import until
 
 pytestmark = pytest.mark.peer
 
@@ -57,14 +58,6 @@ async def make_sink() -> AsyncIterator[MakeSink]:
     yield make
     for sink in sinks:
         await sink.stop(timeout=1)
-
-
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not true after {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def state(device: str = "ups-a", seq: int = 0, comm: str = "ok") -> DeviceState:

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import yaml
 
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.procs import Proc
+from tests.fixtures.waiting import until
 
 STAGES = 4
 
@@ -87,15 +87,6 @@ def journal_state(tmp_path: Path) -> str | None:
             "SELECT state FROM runs WHERE kind='shutdown' ORDER BY id DESC"
         ).fetchone()
     return None if row is None else str(row[0])
-
-
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not seen within {timeout} s")
 
 
 def lines(tmp_path: Path) -> list[str]:
