@@ -156,6 +156,19 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def put_section(doc: Path, start: str, end: str, section: str) -> None:
+    """Put `section` (from its `start` marker to its `end` marker) in place of the one between
+    those markers in `doc`, or at its end: each benchmark rewrites only its own section."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    section = section.rstrip("\n")
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text)
+
+
 def save_result(name: str, data: dict[str, Any]) -> Path:
     OUT_DIR.mkdir(exist_ok=True)
     path = OUT_DIR / f"{name}.json"

@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from _common import Proc, proc_cpu_seconds, wait_until
+from _common import Proc, proc_cpu_seconds, put_section, wait_until
 from snmp_trap_mqtt import measure as trap_mqtt_measure
 
 from tests.fixtures.snmp import snmp_answers
@@ -761,14 +761,7 @@ def render(res: dict[str, Any]) -> str:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
+    put_section(DOC, START, END, section)
 
 
 def main() -> int:
