@@ -89,6 +89,19 @@ def journal_state(tmp_path: Path) -> str | None:
     return None if row is None else str(row[0])
 
 
+def dry_drill(
+    tmp_path: Path, site: dict[str, Any], scenario: str, speed: str, *more: str
+) -> subprocess.CompletedProcess[str]:
+    """`facility-agent drill --dry-run` on `site` (written to tmp_path), which must succeed."""
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site))
+    argv = [sys.executable, "-m", "facility_agent.cli", "drill", "-c", str(path)]
+    argv += ["--scenario", scenario, "--speed", speed, "--dry-run", *more]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
 def lines(tmp_path: Path) -> list[str]:
     log = tmp_path / "steps.log"
     return log.read_text().splitlines() if log.exists() else []
@@ -179,29 +192,7 @@ def test_drill_reports_detect_decide_steps_and_recovery(tmp_path: Path) -> None:
         },
         "recovery": {"stable_for": 1, "min_charge": 0, "stages": []},
     }
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(site))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "facility_agent.cli",
-            "drill",
-            "-c",
-            str(path),
-            "--scenario",
-            "demo-outage",
-            "--speed",
-            "3",
-            "--dry-run",
-            "--report",
-            str(tmp_path / "report.txt"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    dry_drill(tmp_path, site, "demo-outage", "3", "--report", str(tmp_path / "report.txt"))
     report = (tmp_path / "report.txt").read_text()
     assert "(left out): far-pdu" in report  # no simulated counterpart
     assert "time to detect:" in report and "time to decide:" in report
@@ -222,27 +213,7 @@ def test_generator_takes_over_no_shutdown(tmp_path: Path) -> None:
     text = (files("facility_agent.data") / "demo-site.yaml").read_text()
     site = yaml.safe_load(text)
     site["state_dir"] = str(tmp_path / "state")
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(site))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "facility_agent.cli",
-            "drill",
-            "-c",
-            str(path),
-            "--scenario",
-            "generator-backup",
-            "--speed",
-            "5",
-            "--dry-run",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = dry_drill(tmp_path, site, "generator-backup", "5")
     assert "time to detect:" in out.stdout
     assert "no shutdown was started" in out.stdout
     assert "left out" not in out.stdout  # every device of the demo site has a simulated twin
