@@ -34,6 +34,17 @@ class Agent:
     restore: Callable[[], Awaitable[None]]
 
 
+#: The snmpd fixture's SNMPv3 user, authPriv.
+AUTH_PRIV: dict[str, Any] = {
+    "version": "3",
+    "user": V3_USER,
+    "auth_protocol": "SHA",
+    "auth_key": V3_AUTH,
+    "priv_protocol": "AES",
+    "priv_key": V3_PRIV,
+}
+
+
 def device(port: int, **kw: Any) -> SnmpDriver:
     kw.setdefault("profile", "ups-mib")
     kw.setdefault("timeout", 2.0)
@@ -172,29 +183,11 @@ async def test_wrong_community_is_a_timeout_that_names_the_likely_cause(agent: A
 
 
 async def test_v3_auth_priv_against_snmpd(snmpd: Snmpd) -> None:
-    drv = device(
-        snmpd.port,
-        version="3",
-        user=V3_USER,
-        auth_protocol="SHA",
-        auth_key=V3_AUTH,
-        priv_protocol="AES",
-        priv_key=V3_PRIV,
-        profile="if-mib",
-        uplinks={"loop": "lo"},
-    )
+    drv = device(snmpd.port, **AUTH_PRIV, profile="if-mib", uplinks={"loop": "lo"})
     try:
         sample = await drv.poll()
         assert sample.metrics["uplink.loop.status"] == "up"
-        ups = device(
-            snmpd.port,
-            version="3",
-            user=V3_USER,
-            auth_protocol="SHA",
-            auth_key=V3_AUTH,
-            priv_protocol="AES",
-            priv_key=V3_PRIV,
-        )
+        ups = device(snmpd.port, **AUTH_PRIV)
         sample = await ups.poll()
         await ups.close()
         assert sample.metrics["battery.charge"] == 100
@@ -207,12 +200,7 @@ async def test_v3_auth_priv_against_snmpd(snmpd: Snmpd) -> None:
 )
 async def test_v3_wrong_credentials_are_auth_errors(snmpd: Snmpd, keys: dict[str, str]) -> None:
     cfg: dict[str, Any] = {
-        "version": "3",
-        "user": V3_USER,
-        "auth_protocol": "SHA",
-        "auth_key": V3_AUTH,
-        "priv_protocol": "AES",
-        "priv_key": V3_PRIV,
+        **AUTH_PRIV,
         "timeout": 1.5,
         "retries": 0,
         **keys,
