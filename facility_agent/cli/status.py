@@ -27,6 +27,7 @@ import orjson
 
 if TYPE_CHECKING:
     from facility_agent.config.site import MqttConfig
+    from facility_agent.core.driver import SubParsers
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -578,10 +579,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return verdict.code
 
 
-def add_parser(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    parents: Sequence[argparse.ArgumentParser] = (),
-) -> None:
+def add_parser(sub: SubParsers, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     from facility_agent.cli.main import DEFAULT_CONFIG, positive_float
 
     what = (

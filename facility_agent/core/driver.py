@@ -17,12 +17,16 @@ import argparse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from facility_agent.core.model import DeviceState, Event, Sample
 from facility_agent.core.units import Duration, Identifier
+
+#: What `add_subparsers()` returns, as a command's `add_parser` takes it (of any parser class:
+#: the CLI's own is an ArgumentParser subclass).
+SubParsers: TypeAlias = "argparse._SubParsersAction[Any]"
 
 
 class DeviceConfig(BaseModel):
@@ -153,11 +157,7 @@ class Driver(ABC):
         return None
 
     @classmethod
-    def add_commands(
-        cls,
-        sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-        parents: Sequence[argparse.ArgumentParser],
-    ) -> None:
+    def add_commands(cls, sub: SubParsers, parents: Sequence[argparse.ArgumentParser]) -> None:
         """Add the driver's own `facility-agent` commands (the SNMP driver's `snmp record`)."""
         return None
 
