@@ -13,11 +13,11 @@ scenario runner, the simulator's ticking task, a unit test) calls it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -194,6 +194,17 @@ class SiteError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+T = TypeVar("T")
+
+
+def _named(table: Mapping[str, T], name: str, what: str, code: str = "UNKNOWN-DEVICE") -> T:
+    """`table[name]`, or the SiteError the faces answer for a name the site does not have."""
+    try:
+        return table[name]
+    except KeyError:
+        raise SiteError(code, f"no {what} named {name!r}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -943,28 +954,16 @@ class SimulatedSite:
     # ---- lookups ------------------------------------------------------------------------
 
     def get_ups(self, name: str) -> Ups:
-        try:
-            return self.ups[name]
-        except KeyError:
-            raise SiteError("UNKNOWN-UPS", f"no UPS named {name!r}") from None
+        return _named(self.ups, name, "UPS", "UNKNOWN-UPS")
 
     def get_server(self, name: str) -> Server:
-        try:
-            return self.servers[name]
-        except KeyError:
-            raise SiteError("UNKNOWN-DEVICE", f"no server named {name!r}") from None
+        return _named(self.servers, name, "server")
 
     def get_pdu(self, name: str) -> Pdu:
-        try:
-            return self.pdus[name]
-        except KeyError:
-            raise SiteError("UNKNOWN-DEVICE", f"no PDU named {name!r}") from None
+        return _named(self.pdus, name, "PDU")
 
     def get_uplink(self, name: str) -> Uplink:
-        try:
-            return self.uplinks[name]
-        except KeyError:
-            raise SiteError("UNKNOWN-DEVICE", f"no uplink named {name!r}") from None
+        return _named(self.uplinks, name, "uplink")
 
     def get_generator(self) -> Generator:
         if self.generator is None:

@@ -85,14 +85,15 @@ class Seen:
 @asynccontextmanager
 async def agent_on(
     tmp_path: Path, snmpd: Snmpd, values: dict[str, tuple[str, object]]
-) -> AsyncIterator[tuple[Agent, Seen]]:
-    """An agent reading snmpd serving `values`; stopped, and snmpd put back, afterwards."""
+) -> AsyncIterator[tuple[Agent, Seen, DeviceState]]:
+    """An agent reading snmpd serving `values`, with its first on-line state of the UPS;
+    stopped, and snmpd put back, afterwards."""
     snmpd.set_ups(values)
     agent = Agent(site(tmp_path, snmpd.port), sinks=[])
     seen = Seen(agent)
     await agent.start()
     try:
-        yield agent, seen
+        yield agent, seen, await wait_state(agent, lambda s: "OL" in s.status)
     finally:
         await agent.stop()
         snmpd.set_ups()
@@ -110,8 +111,7 @@ async def wait_state(agent: Agent, check: Any, timeout: float = 10.0) -> DeviceS
 async def test_on_line_power_a_minus_one_runtime_starts_no_plan(
     tmp_path: Path, snmpd: Snmpd
 ) -> None:
-    async with agent_on(tmp_path, snmpd, UNKNOWN_RUNTIME) as (agent, seen):
-        st = await wait_state(agent, lambda s: "OL" in s.status)
+    async with agent_on(tmp_path, snmpd, UNKNOWN_RUNTIME) as (_, seen, st):
         assert st.unknown == ("battery.charge", "battery.runtime")
         assert "battery.runtime" not in st.metrics and "battery.charge" not in st.metrics
         assert st.payload("lab1")["unknown"] == ["battery.charge", "battery.runtime"]
@@ -130,8 +130,7 @@ async def test_on_line_power_a_minus_one_runtime_starts_no_plan(
 async def test_on_battery_an_unknown_runtime_holds_the_runtime_trigger(
     tmp_path: Path, snmpd: Snmpd
 ) -> None:
-    async with agent_on(tmp_path, snmpd, UNKNOWN_RUNTIME) as (agent, seen):
-        await wait_state(agent, lambda s: "OL" in s.status)
+    async with agent_on(tmp_path, snmpd, UNKNOWN_RUNTIME) as (agent, seen, _):
         snmpd.set_ups({**UNKNOWN_RUNTIME, **ON_BATTERY})
         await wait_state(agent, lambda s: "OB" in s.status)
         # Before ranges, -1 minutes was -60 s, below the 125 s limit: the plan started after
@@ -148,8 +147,7 @@ async def test_on_battery_an_unknown_runtime_holds_the_runtime_trigger(
 async def test_on_battery_minus_one_runtime_and_a_real_lb_starts_the_plan_through_the_flag(
     tmp_path: Path, snmpd: Snmpd
 ) -> None:
-    async with agent_on(tmp_path, snmpd, UNKNOWN_RUNTIME) as (agent, seen):
-        await wait_state(agent, lambda s: "OL" in s.status)
+    async with agent_on(tmp_path, snmpd, UNKNOWN_RUNTIME) as (_, seen, _):
         snmpd.set_ups({**UNKNOWN_RUNTIME, **ON_BATTERY_LOW})
         started = await seen.wait("shutdown.started", 5)
         assert "low battery on ups-a" in started.message
