@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from facility_agent.core.driver import AuthError, DeviceTimeout
+from facility_agent.core.model import Sample
 from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.snmp import UPS_ON_BATTERY, V3_AUTH, V3_PRIV, V3_USER, Snmpd
@@ -96,24 +97,24 @@ async def test_ups_mib_reads_nut_names_and_flags(agent: Agent) -> None:
     assert not any(k.startswith("_") for k in m)
 
 
+async def poll_until(drv: SnmpDriver, flag: str, timeout: float = 5.0) -> Sample:
+    """Poll until the status has `flag`, or `timeout` s have passed: the last sample."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sample = await drv.poll()
+        if flag in sample.status or time.monotonic() > deadline:
+            return sample
+        await asyncio.sleep(0.05)
+
+
 async def test_ups_goes_on_battery_at_run_time(agent: Agent) -> None:
     drv = device(agent.port, community=agent.ups_community)
     try:
         await agent.on_battery()
-        deadline = time.monotonic() + 5
-        while True:
-            sample = await drv.poll()
-            if "OB" in sample.status or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        sample = await poll_until(drv, "OB")
         assert "OB" in sample.status and "OL" not in sample.status
         await agent.restore()
-        deadline = time.monotonic() + 5
-        while True:
-            sample = await drv.poll()
-            if "OL" in sample.status or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        sample = await poll_until(drv, "OL")
         assert "OL" in sample.status
     finally:
         await agent.restore()
