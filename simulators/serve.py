@@ -136,15 +136,13 @@ class RunningSimulator:
 
     # ---- life cycle ---------------------------------------------------------------------
 
+    def faces(self) -> list[NutServer | ModbusFace | SnmpAgentFace | IpmiFace]:
+        """The faces this simulator serves, in the order they start and stop."""
+        return [face for face in (self.nut, self.modbus, self.snmp, self.ipmi) if face]
+
     async def start(self) -> None:
-        if self.nut:
-            await self.nut.start()
-        if self.modbus:
-            await self.modbus.start()
-        if self.snmp:
-            await self.snmp.start()
-        if self.ipmi:
-            await self.ipmi.start()
+        for face in self.faces():
+            await face.start()
         # Simulated time starts now, once the faces listen: t=0 of the scenario is "ready".
         self.clock = SimClock(self.clock.speed)
         if self.scenario_runner:
@@ -157,14 +155,8 @@ class RunningSimulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
-        if self.nut:
-            await self.nut.stop()
-        if self.modbus:
-            await self.modbus.stop()
-        if self.snmp:
-            await self.snmp.stop()
-        if self.ipmi:
-            await self.ipmi.stop()
+        for face in self.faces():
+            await face.stop()
 
     async def __aenter__(self) -> RunningSimulator:
         await self.start()
