@@ -34,6 +34,7 @@ from facility_agent.core.driver import (
     DeviceTimeout,
     Driver,
     ProtocolError,
+    own_config,
 )
 from facility_agent.core.model import Sample, utcnow
 from facility_agent.core.units import Duration
@@ -425,9 +426,7 @@ class IpmiDriver(Driver):
 
     def __init__(self, config: DeviceConfig) -> None:
         super().__init__(config)
-        if not isinstance(config, IpmiDeviceConfig):
-            config = IpmiDeviceConfig.model_validate(config.model_dump())
-        self.cfg = config
+        self.cfg = config = own_config(config, IpmiDeviceConfig)
         self._bmc = _Bmc(config)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"ipmi-{config.id}"

@@ -17,7 +17,7 @@ import argparse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeAlias
+from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,6 +56,15 @@ class DeviceConfig(BaseModel):
     @property
     def poll_timeout(self) -> float:
         return self.timeout if self.timeout is not None else min(self.interval, 5.0)
+
+
+C = TypeVar("C", bound=DeviceConfig)
+
+
+def own_config(config: DeviceConfig, model: type[C]) -> C:
+    """`config` as the driver's own model: a plain DeviceConfig (a test's, a plugin host's) is
+    validated into it, so a missing or wrong key fails here, not at the first poll."""
+    return config if isinstance(config, model) else model.model_validate(config.model_dump())
 
 
 class DeviceError(Exception):
