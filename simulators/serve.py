@@ -8,7 +8,6 @@ face reads the same instant and nothing needs a lock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from facility_agent.simulators.scenario import (
     load_scenario,
 )
 from facility_agent.simulators.site import SimulatedSite
+from facility_agent.simulators.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -150,11 +150,8 @@ class RunningSimulator:
         self._ticker = asyncio.create_task(self._tick(), name="simulator-tick")
 
     async def stop(self) -> None:
-        if self._ticker:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        await cancel(self._ticker)
+        self._ticker = None
         for face in self.faces():
             await face.stop()
 
