@@ -136,11 +136,8 @@ class IpmiDeviceConfig(DeviceConfig):
     power_sensor: str | None = None
     #: Read the SEL for PSU failure and AC loss entries (one cheap request when unchanged).
     read_sel: bool = True
-
-    @property
-    def poll_timeout(self) -> float:
-        # A sensor sweep is many requests: the timeout defaults to the interval, capped at 30 s.
-        return self.timeout if self.timeout is not None else min(self.interval, 30.0)
+    #: A sensor sweep is many requests: the timeout defaults to the interval, capped at 30 s.
+    timeout_cap: ClassVar[float] = 30.0
 
 
 def _patch_pyghmi() -> None:

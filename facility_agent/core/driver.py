@@ -53,9 +53,12 @@ class DeviceConfig(BaseModel):
     #: Whether device actions (commands, SET VAR ...) may be sent to it.
     allow_writes: bool = False
 
+    #: A poll's timeout when `timeout` is not set: the interval, capped at this.
+    timeout_cap: ClassVar[float] = 5.0
+
     @property
     def poll_timeout(self) -> float:
-        return self.timeout if self.timeout is not None else min(self.interval, 5.0)
+        return self.timeout if self.timeout is not None else min(self.interval, self.timeout_cap)
 
 
 C = TypeVar("C", bound=DeviceConfig)
