@@ -1,8 +1,7 @@
 """Shared helpers of the benchmarks: processes stopped by PID, a real upsd with dummy-ups, stats.
 
-Nothing here imports from tests/: the NUT recipe is the one of PEERS.md (run /lib/nut/* directly
-with `-F -u root`, NUT_CONFPATH/NUT_STATEPATH in a scratch dir, wait for a real `OL`, rewrite a
-`.dev` file with a new whole-second mtime).
+The processes and the NUT server are the tests' (tests/fixtures/procs.py, tests/fixtures/nut.py:
+the PEERS.md recipes), so a benchmark measures the very peers the tests prove.
 """
 
 from __future__ import annotations
@@ -11,14 +10,11 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,28 +23,13 @@ REPO = BENCH_DIR.parent
 OUT_DIR = BENCH_DIR / "out"
 PYTHON = sys.executable
 
-DUMMY_UPS = "/lib/nut/dummy-ups"
-UPSD = "/lib/nut/upsd"
+sys.path.insert(0, str(REPO))
+
+from tests.fixtures.nut import NutServer, dev_text, start_nut  # noqa: E402
+from tests.fixtures.procs import Proc, free_port, wait_until  # noqa: E402, F401 (for the benchmarks)
+
 UPSMON = "/lib/nut/upsmon"
 MONITOR_USER = ("monuser", "monpass")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise TimeoutError(f"{what} not ready after {timeout} s")
 
 
 def require(path: str) -> str:
@@ -56,53 +37,6 @@ def require(path: str) -> str:
     if not found or not os.access(found, os.X_OK):
         raise SystemExit(f"required binary {path!r} is missing: run scripts/bootstrap")
     return found
-
-
-class Proc:
-    """A background process, output to a log file, in its own session; stopped by its PID."""
-
-    def __init__(
-        self,
-        argv: Sequence[str],
-        log: Path,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-        stdout_pipe: bool = False,
-    ) -> None:
-        self.argv = list(argv)
-        self.log = log
-        self._logf = open(log, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            self.argv,
-            stdout=subprocess.PIPE if stdout_pipe else self._logf,
-            stderr=self._logf if stdout_pipe else subprocess.STDOUT,
-            cwd=cwd,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def stop(self, timeout: float = 5.0) -> None:
-        if self.alive():
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout)
-        if self.popen.stdout is not None:
-            self.popen.stdout.close()
-        self._logf.close()
-
-    def output(self) -> str:
-        self._logf.flush()
-        return self.log.read_text(errors="replace")
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -117,124 +51,45 @@ def proc_cpu_seconds(pid: int) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def dev_text(ups: str, index: int) -> str:
-    return (
-        "device.mfr: DummyCorp\n"
-        "device.model: Dummy 1500\n"
-        "ups.mfr: DummyCorp\n"
-        "ups.model: Dummy 1500\n"
-        f"ups.serial: SN-{index:04d}\n"
-        "ups.status: OL\n"
-        "ups.load: 23\n"
-        "ups.realpower.nominal: 1500\n"
-        "battery.charge: 100\n"
-        "battery.charge.low: 20\n"
-        "battery.runtime: 3600\n"
-        "battery.voltage: 27.1\n"
-        "input.voltage: 230.4\n"
-        "input.frequency: 50.0\n"
-        "output.voltage: 230.0\n"
-        "ups.temperature: 28.5\n"
-    )
-
-
-@dataclass
 class DummyUpsd:
-    """upsd + one dummy-ups per UPS on a free loopback port (pollinterval 1, as in PEERS.md)."""
+    """The tests' upsd + one dummy-ups per UPS (tests/fixtures/nut.py), every UPS the same
+    model, serials SN-0001 on."""
 
-    root: Path
-    upses: tuple[str, ...]
-    port: int = 0
-    procs: list[Proc] = field(default_factory=list)
-
-    @property
-    def etc(self) -> Path:
-        return self.root / "etc"
+    def __init__(self, root: Path, upses: tuple[str, ...]) -> None:
+        self.root = root
+        self.upses = upses
+        self.server: NutServer | None = None
 
     @property
-    def env(self) -> dict[str, str]:
-        return {"NUT_CONFPATH": str(self.etc), "NUT_STATEPATH": str(self.root / "state")}
+    def nut(self) -> NutServer:
+        assert self.server is not None, "DummyUpsd.start() first"
+        return self.server
 
-    def dev_file(self, ups: str) -> Path:
-        return self.etc / f"{ups}.dev"
+    @property
+    def port(self) -> int:
+        return self.nut.port
 
-    def upsc_var(self, ups: str, var: str) -> str:
-        out = subprocess.run(
-            ["upsc", f"{ups}@127.0.0.1:{self.port}", var],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return out.stdout.strip()
+    @property
+    def upsd_pid(self) -> int:
+        assert self.nut.upsd is not None
+        return self.nut.upsd.pid
 
     def start(self) -> None:
-        for binary in (DUMMY_UPS, UPSD, "upsc"):
-            require(binary)
-        self.port = self.port or free_port()
-        state = self.root / "state"
-        state.mkdir(parents=True, exist_ok=True)
-        state.chmod(0o700)
-        self.etc.mkdir(parents=True, exist_ok=True)
-        (self.etc / "ups.conf").write_text(
-            f"statepath = {state}\npollinterval = 1\n"
-            + "".join(
-                f'[{u}]\n  driver = dummy-ups\n  port = {self.dev_file(u)}\n  desc = "Dummy {u}"\n'
-                for u in self.upses
-            )
-        )
-        (self.etc / "upsd.conf").write_text(
-            f"LISTEN 127.0.0.1 {self.port}\nSTATEPATH {state}\nMAXAGE 15\n"
-        )
-        users = self.etc / "upsd.users"
-        users.write_text(
-            "[admin]\n  password = adminpass\n  actions = SET\n  instcmds = ALL\n"
-            f"[{MONITOR_USER[0]}]\n  password = {MONITOR_USER[1]}\n  upsmon primary\n"
-        )
-        users.chmod(0o640)
-        for i, ups in enumerate(self.upses, 1):
-            self.dev_file(ups).write_text(dev_text(ups, i))
-            (state / f"dummy-ups-{ups}").unlink(missing_ok=True)
-            self.procs.append(
-                Proc(
-                    [DUMMY_UPS, "-a", ups, "-F", "-u", "root"],
-                    self.root / f"drv-{ups}.log",
-                    cwd=self.root,
-                    env=self.env,
-                )
-            )
-        sockets = [state / f"dummy-ups-{u}" for u in self.upses]
-        wait_until(lambda: all(s.is_socket() for s in sockets), 10, "dummy-ups sockets")
-        self.procs.append(
-            Proc([UPSD, "-F", "-u", "root"], self.root / "upsd.log", self.root, self.env)
-        )
-        for ups in self.upses:
-            self.wait_status(ups, "OL", 20)
-
-    def wait_status(self, ups: str, status: str, timeout: float) -> None:
-        wait_until(lambda: self.upsc_var(ups, "ups.status") == status, timeout, f"{ups} {status}")
+        devs = {u: dev_text(f"SN-{i:04d}", "Dummy 1500", "23") for i, u in enumerate(self.upses, 1)}
+        self.server = start_nut(self.root, devs)
 
     def set_status(self, ups: str, status: str) -> float:
-        """Rewrite the .dev file (temp + rename) with a new whole-second mtime.
+        """Rewrite the .dev file with a new whole-second mtime, not waiting for upsd to see it.
 
         Returns time.time() right after the rename: the instant the new state exists.
         """
-        path = self.dev_file(ups)
-        lines = [
-            f"ups.status: {status}" if line.startswith("ups.status:") else line
-            for line in path.read_text().splitlines()
-        ]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("\n".join(lines) + "\n")
-        old = int(path.stat().st_mtime)
-        new = max(int(time.time()), old + 1)
-        os.utime(tmp, (new, new))
-        tmp.replace(path)
+        self.nut.set_state(ups, status, wait=False)
         return time.time()
 
     def stop(self) -> None:
-        for proc in reversed(self.procs):
-            proc.stop()
-        self.procs.clear()
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +154,19 @@ def machine_info() -> dict[str, Any]:
         "nut-client": pkg_version("nut-client"),
         "mosquitto": pkg_version("mosquitto"),
     }
+
+
+def put_section(doc: Path, start: str, end: str, section: str) -> None:
+    """Put `section` (from its `start` marker to its `end` marker) in place of the one between
+    those markers in `doc`, or at its end: each benchmark rewrites only its own section."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    section = section.rstrip("\n")
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + section + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text)
 
 
 def save_result(name: str, data: dict[str, Any]) -> Path:

@@ -860,14 +860,9 @@ def write_docs(results: list[dict[str, Any]]) -> None:
     ordered = [merged[n] for n in TARGETS if n in merged]
     OUT_JSON.parent.mkdir(exist_ok=True)
     OUT_JSON.write_text(json.dumps(ordered, indent=2))
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    section = "\n".join(render(ordered))
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    from _common import put_section
+
+    put_section(DOC, START, END, "\n".join(render(ordered)))
     print(f"written {DOC}")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,24 @@ def site_file(n: int, path: Path) -> Path:
         f"servers:\n{servers}\n"
     )
     return path
+
+
+@contextlib.contextmanager
+def simulated_bmcs(n: int, root: Path) -> Iterator[dict[str, int]]:
+    """A simulated site of `n` servers in its own process (so its BMCs never share a loop with
+    the clients measured): the port of each BMC; the process is ended afterwards."""
+    child = subprocess.Popen(
+        [PY, "-c", SIM_CHILD, str(site_file(n, root / "site.yaml"))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        ports: dict[str, int] = json.loads(child.stdout.readline())
+        yield ports
+    finally:
+        child.terminate()
+        child.wait(30)
 
 
 def cpu_self() -> float:
@@ -269,18 +289,8 @@ async def fleet_main(n: int, duration: float, targets: list[str]) -> dict[str, A
             finally:
                 await asyncio.gather(*(asyncio.to_thread(s.stop) for s in sims))
         if "simulator" in targets:
-            child = subprocess.Popen(  # noqa: ASYNC220 - started once, before any measurement
-                [PY, "-c", SIM_CHILD, str(site_file(n, root / "site.yaml"))],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            try:
-                assert child.stdout is not None
-                ports = json.loads(await asyncio.to_thread(child.stdout.readline))
+            with simulated_bmcs(n, root) as ports:
                 out["fleet"]["simulator"] = await fleet(ports, ("admin", "adminpass"), duration)
-            finally:
-                child.terminate()
-                child.wait(30)
     return out
 
 
@@ -336,34 +346,26 @@ async def main(quick: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         sim = await asyncio.to_thread(start_ipmi_sim, root / "ipmi_sim")
-        child = subprocess.Popen(  # noqa: ASYNC220 - started once, before any measurement
-            [PY, "-c", SIM_CHILD, str(site_file(bmcs, root / "site.yaml"))],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
         try:
-            assert child.stdout is not None
-            ports: dict[str, int] = json.loads(child.stdout.readline())
-            first = next(iter(ports.values()))
-            user = ("admin", "adminpass")
-            cache = root / "fcache"
-            cache.mkdir(mode=0o700)
-            out["ipmi_sim"] = {
-                "driver": await driver_polls(sim.port, sim.admin, n),
-                "ipmitool": tool_polls(ipmitool(sim.port, sim.admin), m),
-                "ipmi-sensors": tool_polls(
-                    ipmi_sensors(sim.port, sim.admin, str(cache), ["-W", "opensesspriv"]), m
-                ),
-            }
-            out["simulator"] = {
-                "driver": await driver_polls(first, user, n),
-                "ipmitool": tool_polls(ipmitool(first, user), m),
-                "ipmi-sensors": tool_polls(ipmi_sensors(first, user, str(cache), []), m),
-            }
-            out["capacity"] = await capacity(ports, 5.0 if quick else 10.0)
+            with simulated_bmcs(bmcs, root) as ports:
+                first = next(iter(ports.values()))
+                user = ("admin", "adminpass")
+                cache = root / "fcache"
+                cache.mkdir(mode=0o700)
+                out["ipmi_sim"] = {
+                    "driver": await driver_polls(sim.port, sim.admin, n),
+                    "ipmitool": tool_polls(ipmitool(sim.port, sim.admin), m),
+                    "ipmi-sensors": tool_polls(
+                        ipmi_sensors(sim.port, sim.admin, str(cache), ["-W", "opensesspriv"]), m
+                    ),
+                }
+                out["simulator"] = {
+                    "driver": await driver_polls(first, user, n),
+                    "ipmitool": tool_polls(ipmitool(first, user), m),
+                    "ipmi-sensors": tool_polls(ipmi_sensors(first, user, str(cache), []), m),
+                }
+                out["capacity"] = await capacity(ports, 5.0 if quick else 10.0)
         finally:
-            child.terminate()
-            child.wait(10)
             await asyncio.to_thread(sim.stop)
     return out
 

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import OUT_DIR, REPO
+from _common import OUT_DIR, REPO, put_section
 
 sys.path.insert(0, str(REPO))
 from tests.fixtures.slowdisk import build_shim, measure_in_child
@@ -99,12 +99,7 @@ def write_doc(data: dict[str, Any]) -> None:
         "few ms per write, on the plan's time only.",
         END,
     ]
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + "\n".join(lines) + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    DOC.write_text(text)
+    put_section(DOC, START, END, "\n".join(lines))
 
 
 def main() -> None:

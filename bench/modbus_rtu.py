@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import OUT_DIR, PYTHON, machine_info, require, wait_until
+from _common import OUT_DIR, PYTHON, machine_info, put_section, require, wait_until
 
 UNIT = 10
 #: The largest block the dse-gencomm profile reads (page 4: 1024..1061).
@@ -192,15 +192,7 @@ def render(out: dict[str, Any]) -> list[str]:
 
 def write_section(out: dict[str, Any]) -> None:
     doc = OUT_DIR.parent.parent / "docs" / "benchmarks.md"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    section = "\n".join(render(out))
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    doc.write_text(text)
+    put_section(doc, START, END, "\n".join(render(out)))
     print(f"written {doc}")
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _common import put_section
 
 from facility_agent.config.site import SiteConfig, parse_site
 from facility_agent.core.driver import Driver
@@ -168,13 +169,7 @@ def write_doc(results: dict[str, Any]) -> None:
         "before the step starts. What an operator waits for is mostly the poll interval.",
         "<!-- policy:end -->",
     ]
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start, end = "<!-- policy:start -->", "<!-- policy:end -->"
-    if start in text and end in text:
-        text = text[: text.index(start)] + "\n".join(lines) + text[text.index(end) + len(end) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n"
-    DOC.write_text(text)
+    put_section(DOC, "<!-- policy:start -->", "<!-- policy:end -->", "\n".join(lines))
 
 
 def main() -> None:

@@ -297,7 +297,7 @@ def bench_upsd(root: Path, seconds: float) -> list[dict[str, Any]]:
     nut.start()
     rows: list[dict[str, Any]] = []
     try:
-        upsd_pid = nut.procs[-1].pid
+        upsd_pid = nut.upsd_pid
         idle = idle_rate(upsd_pid)
         rows.append(run_client(root, "driver", nut.port, names, seconds, upsd_pid, idle))
         rows.append(run_client(root, "plain", nut.port, names, seconds, upsd_pid, idle))

@@ -43,8 +43,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from _common import Proc, proc_cpu_seconds
+from _common import Proc, proc_cpu_seconds, put_section, wait_until
 from snmp_trap_mqtt import measure as trap_mqtt_measure
+
+from tests.fixtures.snmp import snmp_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "snmp.json"
@@ -150,28 +152,8 @@ def start_simulator() -> tuple[subprocess.Popen[bytes], int]:
 
 
 def wait_answer(port: int, community: str, env: dict[str, str]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        out = subprocess.run(
-            [
-                "snmpget",
-                "-v2c",
-                "-c",
-                community,
-                "-t",
-                "0.3",
-                "-r",
-                "0",
-                f"127.0.0.1:{port}",
-                ".1.3.6.1.2.1.1.5.0",
-            ],
-            capture_output=True,
-            env=env,
-        )
-        if out.returncode == 0:
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"no SNMP agent on {port}")
+    auth = ("-v2c", "-c", community)
+    wait_until(lambda: snmp_answers(port, env, auth), 20, f"an SNMP agent on {port}")
 
 
 async def measure(
@@ -785,14 +767,7 @@ def render(res: dict[str, Any]) -> str:
 
 
 def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
+    put_section(DOC, START, END, section)
 
 
 def main() -> int:

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from facility_agent.simulators.clock import Clock
 from facility_agent.simulators.site import ALWAYS, UPS_COMMANDS, SimulatedSite, SiteError
@@ -295,20 +295,19 @@ def parse_seconds(value: Any) -> float:
     return seconds
 
 
+#: A time in a scenario file (`10`, `500ms`, `1m30s`: parse_seconds), held as seconds.
+Seconds = Annotated[float, BeforeValidator(parse_seconds)]
+
+
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    at: float
+    at: Seconds
     do: str
     target: str | None = None
     value: float | int | str | None = None
     #: Free text shown when the step fires: why this step is in the scenario.
     note: str = ""
-
-    @field_validator("at", mode="before")
-    @classmethod
-    def _at(cls, v: Any) -> float:
-        return parse_seconds(v)
 
     @model_validator(mode="after")
     def _action(self) -> Step:
@@ -325,15 +324,10 @@ class Scenario(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str = ""
     #: Simulated seconds the scenario lasts; runners may stop at its end.
-    duration: float
+    duration: Seconds
     #: The clock speed the scenario is meant to be watched at (a hint for the demo).
     speed: float | None = Field(default=None, gt=0)
     steps: list[Step] = []
-
-    @field_validator("duration", mode="before")
-    @classmethod
-    def _duration(cls, v: Any) -> float:
-        return parse_seconds(v)
 
     @model_validator(mode="after")
     def _timeline(self) -> Scenario:

@@ -8,7 +8,6 @@ face reads the same instant and nothing needs a lock.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from facility_agent.simulators.scenario import (
     load_scenario,
 )
 from facility_agent.simulators.site import SimulatedSite
+from facility_agent.simulators.tasks import cancel
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +136,13 @@ class RunningSimulator:
 
     # ---- life cycle ---------------------------------------------------------------------
 
+    def faces(self) -> list[NutServer | ModbusFace | SnmpAgentFace | IpmiFace]:
+        """The faces this simulator serves, in the order they start and stop."""
+        return [face for face in (self.nut, self.modbus, self.snmp, self.ipmi) if face]
+
     async def start(self) -> None:
-        if self.nut:
-            await self.nut.start()
-        if self.modbus:
-            await self.modbus.start()
-        if self.snmp:
-            await self.snmp.start()
-        if self.ipmi:
-            await self.ipmi.start()
+        for face in self.faces():
+            await face.start()
         # Simulated time starts now, once the faces listen: t=0 of the scenario is "ready".
         self.clock = SimClock(self.clock.speed)
         if self.scenario_runner:
@@ -152,19 +150,10 @@ class RunningSimulator:
         self._ticker = asyncio.create_task(self._tick(), name="simulator-tick")
 
     async def stop(self) -> None:
-        if self._ticker:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
-        if self.nut:
-            await self.nut.stop()
-        if self.modbus:
-            await self.modbus.stop()
-        if self.snmp:
-            await self.snmp.stop()
-        if self.ipmi:
-            await self.ipmi.stop()
+        await cancel(self._ticker)
+        self._ticker = None
+        for face in self.faces():
+            await face.stop()
 
     async def __aenter__(self) -> RunningSimulator:
         await self.start()

@@ -13,11 +13,11 @@ scenario runner, the simulator's ticking task, a unit test) calls it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -196,9 +196,35 @@ class SiteError(Exception):
         self.code = code
 
 
+T = TypeVar("T")
+
+
+def _named(table: Mapping[str, T], name: str, what: str, code: str = "UNKNOWN-DEVICE") -> T:
+    """`table[name]`, or the SiteError the faces answer for a name the site does not have."""
+    try:
+        return table[name]
+    except KeyError:
+        raise SiteError(code, f"no {what} named {name!r}") from None
+
+
 # --------------------------------------------------------------------------------------------
 # Equipment
 # --------------------------------------------------------------------------------------------
+
+
+class _NamedConfig(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class _Equipment:
+    """A named piece of the site: its name is its config's."""
+
+    cfg: _NamedConfig
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
 
 
 @dataclass
@@ -222,7 +248,7 @@ ALWAYS = 1_000_000
 
 
 @dataclass
-class Generator:
+class Generator(_Equipment):
     cfg: GeneratorConfig
     state: GeneratorState = "stopped"
     fuel_litres: float = 0.0
@@ -239,10 +265,6 @@ class Generator:
     demand: bool = False
     _timer: float = 0.0
     _resting: bool = False
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
 
     @property
     def available(self) -> bool:
@@ -349,17 +371,13 @@ AtsSource = Literal["utility", "generator"]
 
 
 @dataclass
-class Ats:
+class Ats(_Equipment):
     cfg: AtsConfig
     source: AtsSource = "utility"
     live: bool = True
     transfers: int = 0
     _utility_for: float = 1e9
     _generator_for: float = 0.0
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
 
     def step(self, dt: float, utility_ok: bool, generator_ok: bool) -> None:
         self._utility_for = self._utility_for + dt if utility_ok else 0.0
@@ -414,7 +432,7 @@ BATTERY_TEST_S = 10.0
 
 
 @dataclass
-class Ups:
+class Ups(_Equipment):
     cfg: UpsConfig
     energy_wh: float = 0.0
     health: float = 1.0
@@ -442,10 +460,6 @@ class Ups:
     return_pending: bool = False
     test_remaining: float | None = None
     _restart_timer: float = 0.0
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
 
     @property
     def capacity_wh(self) -> float:
@@ -684,7 +698,7 @@ ServerState = Literal["off", "booting", "running", "shutting_down"]
 
 
 @dataclass
-class Server:
+class Server(_Equipment):
     cfg: ServerConfig
     state: ServerState = "running"
     psu_failed: list[bool] = field(default_factory=list)
@@ -695,10 +709,6 @@ class Server:
     boots: int = 0
     _timer: float = 0.0
     _had_power: bool = True
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
 
     @property
     def powered(self) -> bool:
@@ -755,7 +765,7 @@ class Server:
 
 
 @dataclass
-class Pdu:
+class Pdu(_Equipment):
     cfg: PduConfig
     live: bool = True
     voltage: float = 0.0
@@ -763,10 +773,6 @@ class Pdu:
     breaker_open: bool = False
     #: outlet number -> (server, PSU index)
     outlets: dict[int, tuple[Server, int]] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
 
     def outlet_watts(self, outlet: int) -> float:
         server, psu = self.outlets[outlet]
@@ -785,14 +791,10 @@ class Pdu:
 
 
 @dataclass
-class Uplink:
+class Uplink(_Equipment):
     cfg: UplinkConfig
     up: bool = True
     latency_ms: float = 5.0
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
 
 
 # --------------------------------------------------------------------------------------------
@@ -943,28 +945,16 @@ class SimulatedSite:
     # ---- lookups ------------------------------------------------------------------------
 
     def get_ups(self, name: str) -> Ups:
-        try:
-            return self.ups[name]
-        except KeyError:
-            raise SiteError("UNKNOWN-UPS", f"no UPS named {name!r}") from None
+        return _named(self.ups, name, "UPS", "UNKNOWN-UPS")
 
     def get_server(self, name: str) -> Server:
-        try:
-            return self.servers[name]
-        except KeyError:
-            raise SiteError("UNKNOWN-DEVICE", f"no server named {name!r}") from None
+        return _named(self.servers, name, "server")
 
     def get_pdu(self, name: str) -> Pdu:
-        try:
-            return self.pdus[name]
-        except KeyError:
-            raise SiteError("UNKNOWN-DEVICE", f"no PDU named {name!r}") from None
+        return _named(self.pdus, name, "PDU")
 
     def get_uplink(self, name: str) -> Uplink:
-        try:
-            return self.uplinks[name]
-        except KeyError:
-            raise SiteError("UNKNOWN-DEVICE", f"no uplink named {name!r}") from None
+        return _named(self.uplinks, name, "uplink")
 
     def get_generator(self) -> Generator:
         if self.generator is None:

@@ -18,6 +18,7 @@ import yaml
 from facility_agent.config.site import parse_site
 from facility_agent.runtime.agent import Agent
 from tests.fixtures.procs import Proc, free_port, tcp_open
+from tests.fixtures.waiting import until
 
 OUTAGE = 20.0
 DEVICES = ("ups-a", "pdu-a", "gen-1")
@@ -49,14 +50,6 @@ def site(tmp_path: Path, ports: dict[str, int]) -> str:
         ],
     }
     return yaml.safe_dump(doc)
-
-
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not true after {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 async def test_devices_are_ok_within_seconds_of_the_simulator_coming_back(

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import yaml
 
 from facility_agent.simulators.serve import RunningSimulator
@@ -49,11 +50,20 @@ def write_site(path: Path, broker: Broker, nut_port: int) -> Path:
     return path
 
 
-def start_agent(tmp_path: Path, broker: Broker, nut_port: int, procs: Callable[..., Proc]) -> Proc:
-    """`facility-agent run` on a site file for the simulator's two UPS units, as its own process."""
-    site = write_site(tmp_path / "site.yaml", broker, nut_port)
+@pytest.fixture
+def watched_agent(
+    tmp_path: Path,
+    nut_simulator: RunningSimulator,
+    mosquitto_broker: Broker,
+    mqtt_subscribe: Callable[..., Collector],
+    procs: Callable[..., Proc],
+) -> tuple[Collector, Proc]:
+    """A subscriber to all of lab1, then `facility-agent run` on a site file for the simulator's
+    two UPS units, as its own process."""
+    col = mqtt_subscribe(mosquitto_broker, "facility/lab1/#")
+    site = write_site(tmp_path / "site.yaml", mosquitto_broker, nut_simulator.nut_port)
     argv = [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(site)]
-    return procs(argv, tmp_path / "agent.log")
+    return col, procs(argv, tmp_path / "agent.log")
 
 
 async def wait_for(
@@ -86,14 +96,9 @@ def state_has(device: str, flag: str) -> Callable[[list[Received]], bool]:
 
 
 async def test_utility_outage_end_to_end(
-    tmp_path: Path,
-    nut_simulator: RunningSimulator,
-    mosquitto_broker: Broker,
-    mqtt_subscribe: Callable[..., Collector],
-    procs: Callable[..., Proc],
+    nut_simulator: RunningSimulator, mosquitto_broker: Broker, watched_agent: tuple[Collector, Proc]
 ) -> None:
-    col = mqtt_subscribe(mosquitto_broker, "facility/lab1/#")
-    agent = start_agent(tmp_path, mosquitto_broker, nut_simulator.nut_port, procs)
+    col, agent = watched_agent
     await wait_for(col, state_has("ups-a", "OL"), 20)
     await wait_for(col, state_has("ups-b", "OL"), 5)
     status = retained(mosquitto_broker, "facility/lab1/agent/status")
@@ -130,14 +135,9 @@ async def test_utility_outage_end_to_end(
 
 
 async def test_comm_loss_and_restore_end_to_end(
-    tmp_path: Path,
-    nut_simulator: RunningSimulator,
-    mosquitto_broker: Broker,
-    mqtt_subscribe: Callable[..., Collector],
-    procs: Callable[..., Proc],
+    nut_simulator: RunningSimulator, mosquitto_broker: Broker, watched_agent: tuple[Collector, Proc]
 ) -> None:
-    col = mqtt_subscribe(mosquitto_broker, "facility/lab1/#")
-    agent = start_agent(tmp_path, mosquitto_broker, nut_simulator.nut_port, procs)
+    col, agent = watched_agent
     await wait_for(col, state_has("ups-b", "OL"), 20)
     nut_simulator.inject("ups.comm_dead", "ups-b")
     # Lost after lost_after (3) missed polls at 1 s.

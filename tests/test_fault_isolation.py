@@ -42,6 +42,7 @@ from facility_agent.sinks.prometheus import PrometheusSink
 from tests.fixtures.mosquitto import Broker, Collector
 from tests.fixtures.outputs import Mailbox, mail_text
 from tests.fixtures.procs import free_port, require_binary
+from tests.fixtures.waiting import until
 from tests.test_notify import mail_route
 from tests.test_policy_engine import (
     Recorder,
@@ -55,16 +56,31 @@ from tests.test_policy_engine import (
 from tests.test_snmp_traps_and_tools import _listener
 
 
-class BrokenSink(Sink):
+class InertSink(Sink):
+    """An output that does nothing: the test sinks below override what they watch."""
+
+    name = "inert"
+
+    async def start(self) -> None:
+        pass
+
+    def publish_state(self, state: DeviceState) -> None:
+        pass
+
+    def publish_event(self, event: Event) -> None:
+        pass
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        pass
+
+
+class BrokenSink(InertSink):
     """Raises on every state and event, the way a buggy output would."""
 
     name = "broken"
 
     def __init__(self) -> None:
         self.calls = 0
-
-    async def start(self) -> None:
-        pass
 
     def publish_state(self, state: DeviceState) -> None:
         self.calls += 1
@@ -73,9 +89,6 @@ class BrokenSink(Sink):
     def publish_event(self, event: Event) -> None:
         self.calls += 1
         raise RuntimeError("broken sink: event")
-
-    async def stop(self, timeout: float = 5.0) -> None:
-        pass
 
 
 def with_outputs(tmp_path: Path, broker: Broker, **overrides: Any) -> Any:
@@ -98,14 +111,6 @@ def scrape(sink: PrometheusSink) -> dict[tuple[str, tuple[tuple[str, str], ...]]
         for sample in family.samples:
             out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return out
-
-
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not true after {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 # -- sink isolation ---------------------------------------------------------------------------
@@ -360,7 +365,7 @@ async def test_exception_inside_recovery_ends_in_recovery_failed_and_closes_the_
 # -- /metrics from a thread ----------------------------------------------------------------------
 
 
-class CountingSink(Sink):
+class CountingSink(InertSink):
     """Counts the events it saw; /metrics shows it as facility_agent_output_seen."""
 
     name = "counting"
@@ -368,17 +373,8 @@ class CountingSink(Sink):
     def __init__(self) -> None:
         self.seen = 0
 
-    async def start(self) -> None:
-        pass
-
-    def publish_state(self, state: DeviceState) -> None:
-        pass
-
     def publish_event(self, event: Event) -> None:
         self.seen += 1
-
-    async def stop(self, timeout: float = 5.0) -> None:
-        pass
 
     def stats(self) -> dict[str, int]:
         return {"seen": self.seen}

@@ -24,6 +24,7 @@ from facility_agent.sinks.influx import InfluxSink
 from facility_agent.sinks.prometheus import PrometheusSink
 from tests.fixtures.outputs import Victoria
 from tests.fixtures.procs import free_port
+from tests.fixtures.waiting import until
 
 SITE = "lab1"
 T0 = datetime(2026, 11, 25, 21, 0, 0, tzinfo=UTC)
@@ -38,14 +39,6 @@ def state(device: str, n: int, comm: str = "ok") -> DeviceState:
         status=("OB", "DISCHRG") if n % 2 else ("OL",),
         metrics={"battery.charge": 100 - n, "input.voltage": 230.5, "ups.model": "Smart-UPS"},
     )
-
-
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not true after {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

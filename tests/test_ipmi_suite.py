@@ -17,9 +17,10 @@ import pytest
 
 from facility_agent.core.driver import ActionError, AuthError
 from facility_agent.core.model import Sample
-from facility_agent.drivers.ipmi.driver import IpmiDeviceConfig, IpmiDriver
+from facility_agent.drivers.ipmi.driver import IpmiDriver
 from facility_agent.simulators.serve import RunningSimulator, SimulatorOptions
 
+from .fixtures.drivers import closing_drivers
 from .fixtures.ipmi import PSU1, IpmiSim, start_ipmi_sim
 
 pytestmark = pytest.mark.peer
@@ -100,26 +101,17 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 
 @pytest.fixture
 async def make_driver(backend: Backend) -> AsyncIterator[Callable[..., IpmiDriver]]:
-    drivers: list[IpmiDriver] = []
-
-    def make(**extra: object) -> IpmiDriver:
-        keys: dict[str, object] = {
-            "id": "srv-under-test",
-            "driver": "ipmi",
-            "host": "127.0.0.1",
-            "port": backend.port,
-            "username": backend.user[0],
-            "password": backend.user[1],
-            "timeout": 5,
-        }
-        keys.update(extra)
-        d = IpmiDriver(IpmiDeviceConfig.model_validate(keys))
-        drivers.append(d)
-        return d
-
-    yield make
-    for d in drivers:
-        await d.close()
+    keys: dict[str, object] = {
+        "id": "srv-under-test",
+        "driver": "ipmi",
+        "host": "127.0.0.1",
+        "port": backend.port,
+        "username": backend.user[0],
+        "password": backend.user[1],
+        "timeout": 5,
+    }
+    async with closing_drivers(IpmiDriver, keys) as make:
+        yield make
 
 
 async def poll_until(

@@ -22,6 +22,7 @@ from facility_agent.core.model import DeviceState, Event, Severity
 from facility_agent.sinks.mqtt import MAX_IN_FLIGHT, MqttSink
 from tests.fixtures.mosquitto import AGENT, READER, Broker, Collector, Received, retained
 from tests.fixtures.procs import Proc, wait_until
+from tests.fixtures.waiting import until
 
 pytestmark = pytest.mark.peer
 
@@ -57,14 +58,6 @@ async def make_sink() -> AsyncIterator[MakeSink]:
     yield make
     for sink in sinks:
         await sink.stop(timeout=1)
-
-
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not true after {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def state(device: str = "ups-a", seq: int = 0, comm: str = "ok") -> DeviceState:
@@ -192,13 +185,18 @@ async def test_kill9_fires_the_last_will(
     assert got is not None and got.payload == b"offline" and got.retain
 
 
-async def test_username_and_password(mosquitto_auth_broker: Broker, make_sink: MakeSink) -> None:
-    sink = make_sink(mosquitto_auth_broker, username=AGENT[0], password=AGENT[1])
+async def state_reaches_reader(sink: MqttSink, broker: Broker, idle_within: float) -> None:
+    """The sink starts and publishes ups-a's state; the reader account finds it retained."""
     await sink.start()
     sink.publish_state(state())
-    assert await sink.wait_idle(5)
-    got = await asyncio.to_thread(retained, mosquitto_auth_broker, f"{P}/ups-a/state", auth=READER)
+    assert await sink.wait_idle(idle_within)
+    got = await asyncio.to_thread(retained, broker, f"{P}/ups-a/state", auth=READER)
     assert got is not None and orjson.loads(got.payload)["device"] == "ups-a"
+
+
+async def test_username_and_password(mosquitto_auth_broker: Broker, make_sink: MakeSink) -> None:
+    sink = make_sink(mosquitto_auth_broker, username=AGENT[0], password=AGENT[1])
+    await state_reaches_reader(sink, mosquitto_auth_broker, 5)
 
 
 async def test_wrong_password_is_a_clear_error_without_the_password(
@@ -233,11 +231,7 @@ async def test_tls_with_a_private_ca(mosquitto_tls_broker: Broker, make_sink: Ma
     sink = make_sink(
         mosquitto_tls_broker, username=AGENT[0], password=AGENT[1], tls={"ca_file": str(ca)}
     )
-    await sink.start()
-    sink.publish_state(state())
-    assert await sink.wait_idle(10)
-    got = await asyncio.to_thread(retained, mosquitto_tls_broker, f"{P}/ups-a/state", auth=READER)
-    assert got is not None and orjson.loads(got.payload)["device"] == "ups-a"
+    await state_reaches_reader(sink, mosquitto_tls_broker, 10)
 
 
 async def test_broker_outage_loses_nothing_and_keeps_order(

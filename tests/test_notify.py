@@ -20,6 +20,7 @@ from facility_agent.sinks.notify import NotifySink
 from facility_agent.sinks.notify.alerting import AlertRoute, short_id
 from facility_agent.sinks.notify.commands import interpret
 from tests.fixtures.outputs import Mailbox, Synapse, access_lines, mail_text
+from tests.fixtures.waiting import until
 
 SITE = "lab1"
 T0 = 1_800_000_000.0
@@ -176,14 +177,6 @@ async def make_notify(tmp_path: Path) -> AsyncIterator[Callable[..., NotifySink]
     yield make
     for sink in sinks:
         await sink.stop(timeout=1)
-
-
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not true after {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 def mail_route(port: int, **kw: Any) -> NotifyRoute:

@@ -20,7 +20,8 @@ from facility_agent.core.driver import (
     NotFoundError,
     ProtocolError,
 )
-from facility_agent.drivers.nut.driver import NutDeviceConfig, NutDriver
+from facility_agent.drivers.nut.driver import NutDriver
+from tests.fixtures.drivers import closing_drivers
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
@@ -97,27 +98,10 @@ class FakeUpsd:
 
 @pytest.fixture
 async def make_driver() -> AsyncIterator[Callable[..., NutDriver]]:
-    drivers: list[NutDriver] = []
-
-    def make(port: int, **extra: object) -> NutDriver:
-        cfg = NutDeviceConfig.model_validate(
-            {
-                "id": "ups-x",
-                "driver": "nut",
-                "host": "127.0.0.1",
-                "port": port,
-                "ups": "ups",
-                "timeout": TIMEOUT,
-                **extra,
-            }
-        )
-        driver = NutDriver(cfg)
-        drivers.append(driver)
-        return driver
-
-    yield make
-    for d in drivers:
-        await d.close()
+    """`make_driver(port, **keys)`: a driver for UPS `ups` on a loopback port."""
+    keys = {"id": "ups-x", "driver": "nut", "host": "127.0.0.1", "ups": "ups", "timeout": TIMEOUT}
+    async with closing_drivers(NutDriver, keys) as make:
+        yield lambda port, **extra: make(port=port, **extra)
 
 
 async def _fails(driver: NutDriver, kind: type[DeviceError]) -> DeviceError:

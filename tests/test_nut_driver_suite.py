@@ -19,9 +19,10 @@ import pytest
 
 from facility_agent.core.driver import ActionError, AuthError, DeviceError, NotFoundError
 from facility_agent.core.model import Sample
-from facility_agent.drivers.nut.driver import NutDeviceConfig, NutDriver
+from facility_agent.drivers.nut.driver import NutDriver
 from facility_agent.simulators.serve import RunningSimulator, SimulatorOptions
 
+from .fixtures.drivers import closing_drivers
 from .fixtures.nut import NutServer
 
 pytestmark = pytest.mark.peer
@@ -132,25 +133,16 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 @pytest.fixture
 async def make_driver(backend: Backend) -> AsyncIterator[Callable[..., NutDriver]]:
     """Drivers for the backend's UPS; closed (pool references released) after the test."""
-    drivers: list[NutDriver] = []
-
-    def make(**extra: object) -> NutDriver:
-        keys: dict[str, object] = {
-            "id": "ups-under-test",
-            "driver": "nut",
-            "host": backend.host,
-            "port": backend.port,
-            "ups": backend.ups,
-            "timeout": 3,
-            **extra,
-        }
-        driver = NutDriver(NutDeviceConfig.model_validate(keys))
-        drivers.append(driver)
-        return driver
-
-    yield make
-    for d in drivers:
-        await d.close()
+    keys: dict[str, object] = {
+        "id": "ups-under-test",
+        "driver": "nut",
+        "host": backend.host,
+        "port": backend.port,
+        "ups": backend.ups,
+        "timeout": 3,
+    }
+    async with closing_drivers(NutDriver, keys) as make:
+        yield make
 
 
 def admin(backend: Backend, **extra: object) -> dict[str, object]:

@@ -12,19 +12,11 @@ from typing import Any
 
 from facility_agent.config.site import parse_site
 from facility_agent.tools.drill import host_power_steps, run_drill
+from tests.fixtures.simulator import outage_scenario
 
 CLI = [sys.executable, "-m", "facility_agent.cli"]
 
-SCENARIO = """\
-name: poweroff-test
-description: Utility lost at 1 s with a generator that will not crank; back at 30 s.
-duration: 45s
-speed: 2
-steps:
-  - {at: 0s, do: generator.crank_fail}
-  - {at: 1s, do: utility.fail}
-  - {at: 30s, do: utility.restore}
-"""
+SCENARIO = outage_scenario("poweroff-test", back_at=30, duration=45)
 
 
 def site_text(poweroff: list[str]) -> str:

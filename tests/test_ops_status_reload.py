@@ -10,7 +10,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import yaml
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.mosquitto import Broker, Collector
 from tests.fixtures.procs import Proc, free_port
+from tests.fixtures.waiting import until as wait
 
 CONSOLE = Path(sys.executable).parent / "facility-agent"
 
@@ -65,13 +65,8 @@ async def status_json(cfg: Path) -> tuple[int, dict[str, Any]]:
 
 
 async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = await asyncio.to_thread(check)
-        if got:
-            return got
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} not seen in {timeout} s")
+    """The checks here block (HTTP, logs): they run in a thread."""
+    return await wait(check, timeout, what, in_thread=True)
 
 
 def events(col: Collector, kind: str) -> list[dict[str, Any]]:

@@ -5,20 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from facility_agent.outbox import Channel, Outbox, Row
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not true after {timeout} s")
-        await asyncio.sleep(0.01)
+from tests.fixtures.waiting import until
 
 
 class Taker:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +169,18 @@ async def started(tmp_path: Path, **overrides: Any) -> tuple[Agent, Recorder]:
     return agent, rec
 
 
-async def test_generator_fails_to_crank_shutdown_runs_in_order(tmp_path: Path) -> None:
-    agent, rec = await started(tmp_path)
+@asynccontextmanager
+async def running(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[Agent, Recorder]]:
+    """`started`, and the agent stopped afterwards whatever the test did."""
+    agent, rec = await started(tmp_path, **overrides)
     try:
+        yield agent, rec
+    finally:
+        await agent.stop()
+
+
+async def test_generator_fails_to_crank_shutdown_runs_in_order(tmp_path: Path) -> None:
+    async with running(tmp_path) as (agent, rec):
         outage()
         ev = await rec.wait("shutdown.started", 5)
         assert "generator gen-1 not running" in ev.message and ev.severity == "critical"
@@ -192,8 +202,6 @@ async def test_generator_fails_to_crank_shutdown_runs_in_order(tmp_path: Path) -
         WORLD["ups-a"]["metrics"]["battery.runtime"] = 0
         await asyncio.sleep(1.0)
         assert rec.types().count("shutdown.started") == 1
-    finally:
-        await agent.stop()
 
 
 async def power_back_mid_plan(tmp_path: Path) -> tuple[Agent, Recorder]:
@@ -230,8 +238,7 @@ async def test_power_back_mid_shutdown_cancels_and_recovers(tmp_path: Path) -> N
 
 
 async def test_flapping_power_never_starts_a_shutdown(tmp_path: Path) -> None:
-    agent, rec = await started(tmp_path)
-    try:
+    async with running(tmp_path) as (_, rec):
         for _ in range(20):  # 20 flaps, each shorter than the generator's 0.6 s allowance
             outage()
             await asyncio.sleep(0.3)
@@ -240,13 +247,10 @@ async def test_flapping_power_never_starts_a_shutdown(tmp_path: Path) -> None:
         await asyncio.sleep(0.5)
         assert "shutdown.started" not in rec.types()
         assert not ACTIONS
-    finally:
-        await agent.stop()
 
 
 async def test_no_healthy_member_left_is_redundancy_lost(tmp_path: Path) -> None:
-    agent, rec = await started(tmp_path)
-    try:
+    async with running(tmp_path) as (_, rec):
         WORLD["ups-b"]["status"] = "OB DISCHRG"
         ev = await rec.wait("redundancy.degraded", 5)
         assert ev.severity == "warning"
@@ -258,14 +262,11 @@ async def test_no_healthy_member_left_is_redundancy_lost(tmp_path: Path) -> None
         WORLD["ups-a"]["status"] = "OL"
         WORLD["ups-b"]["status"] = "OL"
         await rec.wait("redundancy.restored", 5)
-    finally:
-        await agent.stop()
 
 
 async def test_one_ups_failing_degrades_runs_hook_no_shutdown(tmp_path: Path) -> None:
     hooks = [{"events": ["redundancy.*"], "run": hook_script(tmp_path, "failover"), "timeout": 5}]
-    agent, rec = await started(tmp_path, hooks=hooks)
-    try:
+    async with running(tmp_path, hooks=hooks) as (agent, rec):
         WORLD["ups-b"]["status"] = "OB DISCHRG"
         ev = await rec.wait("redundancy.degraded", 5)
         assert ev.device == "ups" and ev.data["down"] == ["ups-b"] and ev.severity == "warning"
@@ -279,32 +280,24 @@ async def test_one_ups_failing_degrades_runs_hook_no_shutdown(tmp_path: Path) ->
         assert group_state is not None and group_state.status == ("DEGRADED",)
         WORLD["ups-b"]["status"] = "OL"
         await rec.wait("redundancy.restored", 5)
-    finally:
-        await agent.stop()
 
 
 async def test_spurious_low_battery_warns_and_does_not_shut_down(tmp_path: Path) -> None:
-    agent, rec = await started(tmp_path)
-    try:
+    async with running(tmp_path) as (_, rec):
         WORLD["ups-a"]["status"] = "OL LB"
         ev = await rec.wait("power.low_battery_unconfirmed", 5)
         assert ev.severity == "warning" and ev.device == "ups-a"
         await asyncio.sleep(1.0)
         assert "shutdown.started" not in rec.types()
-    finally:
-        await agent.stop()
 
 
 async def test_low_battery_on_battery_starts_at_once(tmp_path: Path) -> None:
     shutdown = make_site(tmp_path).shutdown.model_dump()
     shutdown["triggers"]["generator_not_running"] = None
-    agent, rec = await started(tmp_path, shutdown=shutdown)
-    try:
+    async with running(tmp_path, shutdown=shutdown) as (_, rec):
         outage("OB LB")
         ev = await rec.wait("shutdown.started", 5)
         assert "low battery on ups-a, ups-b" in ev.message
-    finally:
-        await agent.stop()
 
 
 async def test_hung_hook_times_out_and_plan_goes_on(tmp_path: Path) -> None:
@@ -312,31 +305,25 @@ async def test_hung_hook_times_out_and_plan_goes_on(tmp_path: Path) -> None:
     shutdown["stages"][0]["steps"] = [
         {"run": hook_script(tmp_path, "hang", sleep=60), "timeout": 0.5}
     ]
-    agent, rec = await started(tmp_path, shutdown=shutdown)
-    try:
+    async with running(tmp_path, shutdown=shutdown) as (_, rec):
         outage()
         await rec.wait("shutdown.completed", 15)
         first = next(e for e in rec.events if e.type == "shutdown.step")
         assert not first.data["ok"] and "timeout" in first.message
         assert ("srv-01", "soft_off") in ACTIONS
-    finally:
-        await agent.stop()
 
 
 async def test_device_strings_reach_hooks_only_as_data(tmp_path: Path) -> None:
     canary = tmp_path / "pwned"
     evil = f"$(touch {canary}); touch {canary} ; `touch {canary}`"
     hooks = [{"events": ["*"], "run": hook_script(tmp_path, "all"), "timeout": 5}]
-    agent, rec = await started(tmp_path, hooks=hooks)
-    try:
+    async with running(tmp_path, hooks=hooks) as (agent, rec):
         agent.emit(Event("lab1", "ups-a", "power.on_battery", "critical", f"model {evil}"))  # type: ignore[arg-type]
         await rec.wait("hook.ok", 5)
         ran = [r for r in hook_log(tmp_path, "all") if r["type"] == "power.on_battery"]
         assert ran and ran[0]["argv"] == ["all"]
         assert evil in json.loads(ran[0]["stdin"])["message"]
         assert not canary.exists()
-    finally:
-        await agent.stop()
 
 
 def test_policy_cross_references_are_checked(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import yaml
 
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.procs import Proc
+from tests.fixtures.waiting import until
 
 STAGES = 4
 
@@ -62,20 +62,44 @@ def write_site(tmp_path: Path, nut_port: int, extra_stage: dict[str, Any] | None
     ]
     if extra_stage:
         stages.append(extra_stage)
-    site = {
-        "site": "lab1",
-        "state_dir": str(tmp_path / "state"),
-        "devices": nut_ups_pair("127.0.0.1", nut_port),
-        "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
-        "shutdown": {
-            "group": "ups",
-            "triggers": {"on_battery_for": 0.5, "hold": 0.2, "runtime_margin": None},
-            "stages": stages,
-        },
-    }
+    site = plan_site(tmp_path, nut_ups_pair("127.0.0.1", nut_port), stages, on_battery_for=0.5)
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(site))
     return path
+
+
+def plan_site(
+    tmp_path: Path,
+    devices: list[dict[str, Any]],
+    stages: list[dict[str, Any]],
+    on_battery_for: float = 1,
+    **more: Any,
+) -> dict[str, Any]:
+    """Site lab1 whose plan runs `stages` once group `ups` (ups-a, ups-b) has been on battery
+    for `on_battery_for` s; `more`: other top-level sections (recovery)."""
+    return {
+        "site": "lab1",
+        "state_dir": str(tmp_path / "state"),
+        "devices": devices,
+        "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
+        "shutdown": {
+            "group": "ups",
+            "triggers": {"on_battery_for": on_battery_for, "hold": 0.2, "runtime_margin": None},
+            "stages": stages,
+        },
+        **more,
+    }
+
+
+def run_agent(procs: Callable[..., Proc], site: Path, log: Path) -> Proc:
+    """`facility-agent run` on `site`, as its own process."""
+    return procs([sys.executable, "-m", "facility_agent.cli", "run", "-c", str(site)], log)
+
+
+def fail_power(sim: RunningSimulator) -> None:
+    """The utility fails and the generator will not crank: the UPS units go on battery."""
+    sim.inject("generator.crank_fail")
+    sim.inject("utility.fail")
 
 
 def journal_state(tmp_path: Path) -> str | None:
@@ -89,13 +113,17 @@ def journal_state(tmp_path: Path) -> str | None:
     return None if row is None else str(row[0])
 
 
-async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} not seen within {timeout} s")
+def dry_drill(
+    tmp_path: Path, site: dict[str, Any], scenario: str, speed: str, *more: str
+) -> subprocess.CompletedProcess[str]:
+    """`facility-agent drill --dry-run` on `site` (written to tmp_path), which must succeed."""
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site))
+    argv = [sys.executable, "-m", "facility_agent.cli", "drill", "-c", str(path)]
+    argv += ["--scenario", scenario, "--speed", speed, "--dry-run", *more]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
 
 
 def lines(tmp_path: Path) -> list[str]:
@@ -111,16 +139,14 @@ async def test_kill_9_at_every_step_resumes_without_repeats_or_gaps(
     procs: Callable[..., Proc],
 ) -> None:
     site = write_site(tmp_path, nut_simulator.nut_port)
-    argv = [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(site)]
-    agent = procs(argv, tmp_path / "agent1.log")
+    agent = run_agent(procs, site, tmp_path / "agent1.log")
     await asyncio.sleep(1.5)
-    nut_simulator.inject("generator.crank_fail")
-    nut_simulator.inject("utility.fail")
+    fail_power(nut_simulator)
     await until(lambda: f"start s{kill_during}" in lines(tmp_path), 20, f"stage {kill_during}")
     agent.signal(signal.SIGKILL)
     agent.popen.wait(10)
     assert journal_state(tmp_path) == "running"
-    again = procs(argv, tmp_path / "agent2.log")
+    again = run_agent(procs, site, tmp_path / "agent2.log")
     await until(lambda: journal_state(tmp_path) == "completed", 30, "the resumed plan")
     await asyncio.sleep(1.0)  # a hook orphaned by the kill finishes its own work
     got = lines(tmp_path)
@@ -148,12 +174,9 @@ async def test_shutdown_return_reaches_the_ups_over_nut(
         ],
     }
     site = write_site(tmp_path, nut_simulator.nut_port, extra_stage=last)
-    agent = procs(
-        [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(site)], tmp_path / "a.log"
-    )
+    agent = run_agent(procs, site, tmp_path / "a.log")
     await asyncio.sleep(1.5)
-    nut_simulator.inject("generator.crank_fail")
-    nut_simulator.inject("utility.fail")
+    fail_power(nut_simulator)
     await until(lambda: journal_state(tmp_path) == "completed", 30, "the plan")
     ups = nut_simulator.site.ups["ups-a"]
     assert ups.shutdown_kind == "return"  # the NUT INSTCMD arrived and the model took it
@@ -164,53 +187,23 @@ async def test_shutdown_return_reaches_the_ups_over_nut(
 
 def test_drill_reports_detect_decide_steps_and_recovery(tmp_path: Path) -> None:
     canary = tmp_path / "hook-ran"
-    site = {
-        "site": "lab1",
-        "state_dir": str(tmp_path / "state"),
-        # The drill points the UPS units at the simulator; far-pdu has no simulated twin.
-        "devices": [
-            *nut_ups_pair("10.9.9.9"),
-            {"id": "far-pdu", "driver": "nut", "host": "10.9.9.9", "ups": "not-simulated"},
-        ],
-        "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
-        "shutdown": {
-            "group": "ups",
-            "triggers": {"on_battery_for": 1, "hold": 0.2, "runtime_margin": None},
-            "stages": [
-                {"name": "hook", "steps": [{"run": ["/usr/bin/touch", str(canary)]}]},
-                {"name": "pause", "steps": [{"wait": 0.5}]},
-                {
-                    "name": "ups",
-                    "no_return": True,
-                    "steps": [{"device": "ups-a", "action": "shutdown.return"}],
-                },
-            ],
+    # The drill points the UPS units at the simulator; far-pdu has no simulated twin.
+    devices = [
+        *nut_ups_pair("10.9.9.9"),
+        {"id": "far-pdu", "driver": "nut", "host": "10.9.9.9", "ups": "not-simulated"},
+    ]
+    stages = [
+        {"name": "hook", "steps": [{"run": ["/usr/bin/touch", str(canary)]}]},
+        {"name": "pause", "steps": [{"wait": 0.5}]},
+        {
+            "name": "ups",
+            "no_return": True,
+            "steps": [{"device": "ups-a", "action": "shutdown.return"}],
         },
-        "recovery": {"stable_for": 1, "min_charge": 0, "stages": []},
-    }
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(site))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "facility_agent.cli",
-            "drill",
-            "-c",
-            str(path),
-            "--scenario",
-            "demo-outage",
-            "--speed",
-            "3",
-            "--dry-run",
-            "--report",
-            str(tmp_path / "report.txt"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    ]
+    recovery = {"stable_for": 1, "min_charge": 0, "stages": []}
+    site = plan_site(tmp_path, devices, stages, recovery=recovery)
+    dry_drill(tmp_path, site, "demo-outage", "3", "--report", str(tmp_path / "report.txt"))
     report = (tmp_path / "report.txt").read_text()
     assert "(left out): far-pdu" in report  # no simulated counterpart
     assert "time to detect:" in report and "time to decide:" in report
@@ -231,27 +224,7 @@ def test_generator_takes_over_no_shutdown(tmp_path: Path) -> None:
     text = (files("facility_agent.data") / "demo-site.yaml").read_text()
     site = yaml.safe_load(text)
     site["state_dir"] = str(tmp_path / "state")
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(site))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "facility_agent.cli",
-            "drill",
-            "-c",
-            str(path),
-            "--scenario",
-            "generator-backup",
-            "--speed",
-            "5",
-            "--dry-run",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = dry_drill(tmp_path, site, "generator-backup", "5")
     assert "time to detect:" in out.stdout
     assert "no shutdown was started" in out.stdout
     assert "left out" not in out.stdout  # every device of the demo site has a simulated twin
@@ -282,47 +255,33 @@ async def test_generator_fails_servers_off_over_ipmi_ups_last_then_recovered(
         }
         for s in servers
     ]
-    site = {
-        "site": "lab1",
-        "state_dir": str(tmp_path / "state"),
-        "devices": devices,
-        "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
-        "shutdown": {
-            "group": "ups",
-            "triggers": {"on_battery_for": 1, "hold": 0.2, "runtime_margin": None},
-            "stages": [
+    stages = [
+        {
+            "name": "servers",
+            "steps": [
                 {
-                    "name": "servers",
-                    "steps": [
-                        {
-                            "device": s,
-                            "action": "soft_off",
-                            "undo": "power_on",
-                            "params": {"timeout": "30", "fallback": "hard_off"},
-                            "timeout": 60,
-                        }
-                        for s in servers
-                    ],
-                },
-                {
-                    "name": "ups",
-                    "no_return": True,
-                    "steps": [
-                        {"device": u, "action": "shutdown.return"} for u in ("ups-a", "ups-b")
-                    ],
-                },
+                    "device": s,
+                    "action": "soft_off",
+                    "undo": "power_on",
+                    "params": {"timeout": "30", "fallback": "hard_off"},
+                    "timeout": 60,
+                }
+                for s in servers
             ],
         },
-        "recovery": {"stable_for": 1, "min_charge": 0, "retries": 3, "stages": []},
-    }
+        {
+            "name": "ups",
+            "no_return": True,
+            "steps": [{"device": u, "action": "shutdown.return"} for u in ("ups-a", "ups-b")],
+        },
+    ]
+    recovery = {"stable_for": 1, "min_charge": 0, "retries": 3, "stages": []}
+    site = plan_site(tmp_path, devices, stages, recovery=recovery)
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(site))
-    agent = procs(
-        [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(path)], tmp_path / "agent.log"
-    )
+    agent = run_agent(procs, path, tmp_path / "agent.log")
     await asyncio.sleep(3)
-    sim.inject("generator.crank_fail")
-    sim.inject("utility.fail")
+    fail_power(sim)
     await until(lambda: journal_state(tmp_path) == "completed", 60, "the plan")
     for s in servers:
         assert sim.site.servers[s].state == "off", s

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -80,11 +82,21 @@ class Seen:
         raise AssertionError(f"no {kind}; got {[e.type for e in self.events]}")
 
 
-async def run_agent(tmp_path: Path, snmpd: Snmpd) -> tuple[Agent, Seen]:
+@asynccontextmanager
+async def agent_on(
+    tmp_path: Path, snmpd: Snmpd, values: dict[str, tuple[str, object]]
+) -> AsyncIterator[tuple[Agent, Seen, DeviceState]]:
+    """An agent reading snmpd serving `values`, with its first on-line state of the UPS;
+    stopped, and snmpd put back, afterwards."""
+    snmpd.set_ups(values)
     agent = Agent(site(tmp_path, snmpd.port), sinks=[])
     seen = Seen(agent)
     await agent.start()
-    return agent, seen
+    try:
+        yield agent, seen, await wait_state(agent, lambda s: "OL" in s.status)
+    finally:
+        await agent.stop()
+        snmpd.set_ups()
 
 
 async def wait_state(agent: Agent, check: Any, timeout: float = 10.0) -> DeviceState:
@@ -99,10 +111,7 @@ async def wait_state(agent: Agent, check: Any, timeout: float = 10.0) -> DeviceS
 async def test_on_line_power_a_minus_one_runtime_starts_no_plan(
     tmp_path: Path, snmpd: Snmpd
 ) -> None:
-    snmpd.set_ups(UNKNOWN_RUNTIME)
-    agent, seen = await run_agent(tmp_path, snmpd)
-    try:
-        st = await wait_state(agent, lambda s: "OL" in s.status)
+    async with agent_on(tmp_path, snmpd, UNKNOWN_RUNTIME) as (_, seen, st):
         assert st.unknown == ("battery.charge", "battery.runtime")
         assert "battery.runtime" not in st.metrics and "battery.charge" not in st.metrics
         assert st.payload("lab1")["unknown"] == ["battery.charge", "battery.runtime"]
@@ -116,18 +125,12 @@ async def test_on_line_power_a_minus_one_runtime_starts_no_plan(
         snmpd.set_ups()
         sees = await seen.wait("policy.trigger_sees", 5)
         assert sees.data["trigger"] == "runtime"
-    finally:
-        await agent.stop()
-        snmpd.set_ups()
 
 
 async def test_on_battery_an_unknown_runtime_holds_the_runtime_trigger(
     tmp_path: Path, snmpd: Snmpd
 ) -> None:
-    snmpd.set_ups(UNKNOWN_RUNTIME)
-    agent, seen = await run_agent(tmp_path, snmpd)
-    try:
-        await wait_state(agent, lambda s: "OL" in s.status)
+    async with agent_on(tmp_path, snmpd, UNKNOWN_RUNTIME) as (agent, seen, _):
         snmpd.set_ups({**UNKNOWN_RUNTIME, **ON_BATTERY})
         await wait_state(agent, lambda s: "OB" in s.status)
         # Before ranges, -1 minutes was -60 s, below the 125 s limit: the plan started after
@@ -139,25 +142,16 @@ async def test_on_battery_an_unknown_runtime_holds_the_runtime_trigger(
         snmpd.set_ups({**ON_BATTERY, "2.3.0": ("integer", 1)})
         started = await seen.wait("shutdown.started", 5)
         assert "runtime 60 s is below 125 s" in started.message
-    finally:
-        await agent.stop()
-        snmpd.set_ups()
 
 
 async def test_on_battery_minus_one_runtime_and_a_real_lb_starts_the_plan_through_the_flag(
     tmp_path: Path, snmpd: Snmpd
 ) -> None:
-    snmpd.set_ups(UNKNOWN_RUNTIME)
-    agent, seen = await run_agent(tmp_path, snmpd)
-    try:
-        await wait_state(agent, lambda s: "OL" in s.status)
+    async with agent_on(tmp_path, snmpd, UNKNOWN_RUNTIME) as (_, seen, _):
         snmpd.set_ups({**UNKNOWN_RUNTIME, **ON_BATTERY_LOW})
         started = await seen.wait("shutdown.started", 5)
         assert "low battery on ups-a" in started.message
         assert "runtime" not in started.message
-    finally:
-        await agent.stop()
-        snmpd.set_ups()
 
 
 # ---- the pure rules ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ spelling (as is, quote/quote_plus, upper- and lowercase hex): 0 hits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,8 +35,9 @@ from tests.fixtures import ipmi as ipmi_fixture
 from tests.fixtures.mosquitto import Broker, Collector
 from tests.fixtures.nut import NutServer, start_nut
 from tests.fixtures.outputs import Victoria
-from tests.fixtures.procs import Proc, free_port, require_binary, wait_until
-from tests.fixtures.snmp import client_env
+from tests.fixtures.procs import Proc, free_port, require_binary
+from tests.fixtures.snmp import running_snmpd
+from tests.fixtures.waiting import until
 
 CONSOLE = Path(sys.executable).parent / "facility-agent"
 
@@ -111,39 +112,22 @@ def start_nut_with(root: Path, user: str, password: str) -> NutServer:
     return server
 
 
-def start_snmpd(root: Path, auth: str, priv: str) -> tuple[Proc, int]:
-    binary = require_binary("/usr/sbin/snmpd")
+def start_snmpd(root: Path, auth: str, priv: str) -> tuple[Callable[[], None], int]:
+    """snmpd with only the v3 user (no community): its stop, and its port."""
     root.mkdir()
-    (root / "persist").mkdir()
     port = free_port(socket.SOCK_DGRAM)
-    conf = root / "snmpd.conf"
-    conf.write_text(
+    conf = (
         f"agentAddress udp:127.0.0.1:{port}\n"
         "sysName secrets-snmpd\n"
         f'createUser {SNMP_USER} SHA "{auth}" AES "{priv}"\n'
         f"rouser {SNMP_USER} priv\n"
         "master off\n"
     )
-    proc = Proc(
-        [binary, "-f", "-C", "-c", str(conf), "-I", "-smux", "-m", "", "-Lo"],
-        root / "snmpd.log",
-        cwd=root,
-        env={"SNMP_PERSISTENT_DIR": str(root / "persist"), "MIBS": ""},
-    )
-
-    def answers() -> bool:
-        argv = ["snmpget", "-v3", "-l", "authPriv", "-u", SNMP_USER, "-a", "SHA", "-A", auth]
-        argv += ["-x", "AES", "-X", priv, "-On", "-t", "0.3", "-r", "0"]
-        argv += [f"127.0.0.1:{port}", ".1.3.6.1.2.1.1.5.0"]
-        out = subprocess.run(argv, capture_output=True, env=client_env(root))
-        return out.returncode == 0
-
-    try:
-        wait_until(answers, 10, "snmpd with the v3 user")
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    v3 = ["-v3", "-l", "authPriv", "-u", SNMP_USER, "-a", "SHA", "-A", auth]
+    v3 += ["-x", "AES", "-X", priv]
+    snmpd = contextlib.ExitStack()
+    snmpd.enter_context(running_snmpd(root, port, conf, v3))
+    return snmpd.close, port
 
 
 class Webhook:
@@ -233,10 +217,10 @@ def peers(tmp_path: Path) -> Iterator[dict[str, Any]]:
         started.append(hook.stop)
         nut = start_nut_with(tmp_path / "nut", "monuser", SECRETS["nut"])
         started.append(nut.stop)
-        snmpd, snmp_port = start_snmpd(
+        stop_snmpd, snmp_port = start_snmpd(
             tmp_path / "snmpd", SECRETS["snmp_auth"], SECRETS["snmp_priv"]
         )
-        started.append(snmpd.stop)
+        started.append(stop_snmpd)
         mp = pytest.MonkeyPatch()
         mp.setattr(ipmi_fixture, "ADMIN", ("admin", SECRETS["ipmi"]))
         try:
@@ -389,16 +373,6 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         env={**os.environ, **agent_env()},
     )
-
-
-async def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{what} not seen in {timeout} s")
 
 
 def events(col: Collector) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from facility_agent.core.driver import AuthError, DeviceTimeout
+from facility_agent.core.model import Sample
 from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.snmp import UPS_ON_BATTERY, V3_AUTH, V3_PRIV, V3_USER, Snmpd
@@ -32,6 +33,17 @@ class Agent:
     uplink: tuple[str, str]
     on_battery: Callable[[], Awaitable[None]]
     restore: Callable[[], Awaitable[None]]
+
+
+#: The snmpd fixture's SNMPv3 user, authPriv.
+AUTH_PRIV: dict[str, Any] = {
+    "version": "3",
+    "user": V3_USER,
+    "auth_protocol": "SHA",
+    "auth_key": V3_AUTH,
+    "priv_protocol": "AES",
+    "priv_key": V3_PRIV,
+}
 
 
 def device(port: int, **kw: Any) -> SnmpDriver:
@@ -85,24 +97,24 @@ async def test_ups_mib_reads_nut_names_and_flags(agent: Agent) -> None:
     assert not any(k.startswith("_") for k in m)
 
 
+async def poll_until(drv: SnmpDriver, flag: str, timeout: float = 5.0) -> Sample:
+    """Poll until the status has `flag`, or `timeout` s have passed: the last sample."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sample = await drv.poll()
+        if flag in sample.status or time.monotonic() > deadline:
+            return sample
+        await asyncio.sleep(0.05)
+
+
 async def test_ups_goes_on_battery_at_run_time(agent: Agent) -> None:
     drv = device(agent.port, community=agent.ups_community)
     try:
         await agent.on_battery()
-        deadline = time.monotonic() + 5
-        while True:
-            sample = await drv.poll()
-            if "OB" in sample.status or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        sample = await poll_until(drv, "OB")
         assert "OB" in sample.status and "OL" not in sample.status
         await agent.restore()
-        deadline = time.monotonic() + 5
-        while True:
-            sample = await drv.poll()
-            if "OL" in sample.status or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        sample = await poll_until(drv, "OL")
         assert "OL" in sample.status
     finally:
         await agent.restore()
@@ -172,29 +184,11 @@ async def test_wrong_community_is_a_timeout_that_names_the_likely_cause(agent: A
 
 
 async def test_v3_auth_priv_against_snmpd(snmpd: Snmpd) -> None:
-    drv = device(
-        snmpd.port,
-        version="3",
-        user=V3_USER,
-        auth_protocol="SHA",
-        auth_key=V3_AUTH,
-        priv_protocol="AES",
-        priv_key=V3_PRIV,
-        profile="if-mib",
-        uplinks={"loop": "lo"},
-    )
+    drv = device(snmpd.port, **AUTH_PRIV, profile="if-mib", uplinks={"loop": "lo"})
     try:
         sample = await drv.poll()
         assert sample.metrics["uplink.loop.status"] == "up"
-        ups = device(
-            snmpd.port,
-            version="3",
-            user=V3_USER,
-            auth_protocol="SHA",
-            auth_key=V3_AUTH,
-            priv_protocol="AES",
-            priv_key=V3_PRIV,
-        )
+        ups = device(snmpd.port, **AUTH_PRIV)
         sample = await ups.poll()
         await ups.close()
         assert sample.metrics["battery.charge"] == 100
@@ -207,12 +201,7 @@ async def test_v3_auth_priv_against_snmpd(snmpd: Snmpd) -> None:
 )
 async def test_v3_wrong_credentials_are_auth_errors(snmpd: Snmpd, keys: dict[str, str]) -> None:
     cfg: dict[str, Any] = {
-        "version": "3",
-        "user": V3_USER,
-        "auth_protocol": "SHA",
-        "auth_key": V3_AUTH,
-        "priv_protocol": "AES",
-        "priv_key": V3_PRIV,
+        **AUTH_PRIV,
         "timeout": 1.5,
         "retries": 0,
         **keys,

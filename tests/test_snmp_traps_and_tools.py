@@ -117,6 +117,13 @@ async def test_snmptrap_v1_v2c_and_informs_v2c_v3_become_events(tmp_path: Path) 
     await listener.start()
     env = client_env(tmp_path)
     target = f"127.0.0.1:{port}"
+    v3 = ["-v3", "-l", "authPriv", "-u", "trapper", "-a", "SHA", "-A", "trap-auth-123"]
+    v3 += ["-x", "AES", "-X", "trap-priv-456"]
+
+    def inform(auth: list[str], oid: str) -> list[str]:
+        """An inform with no varbinds, acknowledged within 2 s or failed (no retry)."""
+        return ["snmpinform", *auth, "-t", "2", "-r", "0", target, "", oid]
+
     try:
         sends = [
             # v2c upsTrapOnBattery
@@ -149,43 +156,9 @@ async def test_snmptrap_v1_v2c_and_informs_v2c_v3_become_events(tmp_path: Path) 
                 "2",
             ],
             # v2c inform: APC powerRestored
-            [
-                "snmpinform",
-                "-v2c",
-                "-c",
-                "public",
-                "-t",
-                "2",
-                "-r",
-                "0",
-                target,
-                "",
-                ".1.3.6.1.4.1.318.0.9",
-            ],
+            inform(["-v2c", "-c", "public"], ".1.3.6.1.4.1.318.0.9"),
             # v3 authPriv inform: linkUp
-            [
-                "snmpinform",
-                "-v3",
-                "-l",
-                "authPriv",
-                "-u",
-                "trapper",
-                "-a",
-                "SHA",
-                "-A",
-                "trap-auth-123",
-                "-x",
-                "AES",
-                "-X",
-                "trap-priv-456",
-                "-t",
-                "2",
-                "-r",
-                "0",
-                target,
-                "",
-                ".1.3.6.1.6.3.1.1.5.4",
-            ],
+            inform(v3, ".1.3.6.1.6.3.1.1.5.4"),
             # wrong community: dropped without an event
             ["snmptrap", "-v2c", "-c", "wrong", target, "", ".1.3.6.1.2.1.33.2.0.1"],
         ]

@@ -34,6 +34,7 @@ from facility_agent.core.driver import (
     DeviceTimeout,
     Driver,
     ProtocolError,
+    own_config,
 )
 from facility_agent.core.model import Sample, utcnow
 from facility_agent.core.units import Duration
@@ -135,11 +136,8 @@ class IpmiDeviceConfig(DeviceConfig):
     power_sensor: str | None = None
     #: Read the SEL for PSU failure and AC loss entries (one cheap request when unchanged).
     read_sel: bool = True
-
-    @property
-    def poll_timeout(self) -> float:
-        # A sensor sweep is many requests: the timeout defaults to the interval, capped at 30 s.
-        return self.timeout if self.timeout is not None else min(self.interval, 30.0)
+    #: A sensor sweep is many requests: the timeout defaults to the interval, capped at 30 s.
+    timeout_cap: ClassVar[float] = 30.0
 
 
 def _patch_pyghmi() -> None:
@@ -425,9 +423,7 @@ class IpmiDriver(Driver):
 
     def __init__(self, config: DeviceConfig) -> None:
         super().__init__(config)
-        if not isinstance(config, IpmiDeviceConfig):
-            config = IpmiDeviceConfig.model_validate(config.model_dump())
-        self.cfg = config
+        self.cfg = config = own_config(config, IpmiDeviceConfig)
         self._bmc = _Bmc(config)
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"ipmi-{config.id}"

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from facility_agent.core.driver import ActionError, DeviceConfig, DeviceError, Driver
+from facility_agent.core.driver import ActionError, DeviceConfig, DeviceError, Driver, own_config
 from facility_agent.core.model import MetricValue, Sample, utcnow
 from facility_agent.core.units import Duration
 from facility_agent.drivers.modbus.bus import (
@@ -178,9 +178,7 @@ class ModbusDriver(Driver):
 
     def __init__(self, config: DeviceConfig) -> None:
         super().__init__(config)
-        if not isinstance(config, ModbusDeviceConfig):
-            config = ModbusDeviceConfig.model_validate(config.model_dump())
-        self.cfg = config
+        self.cfg = config = own_config(config, ModbusDeviceConfig)
         self.profile: Profile = load_profile(config.profile)
         self.blocks = self.profile.blocks()
         self._link: ModbusLink | None = None

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from facility_agent.core.driver import DeviceConfig, Driver
+from facility_agent.core.driver import DeviceConfig, Driver, own_config
 from facility_agent.core.model import MetricValue, Sample, utcnow
 from facility_agent.core.units import Duration
 from facility_agent.drivers.net.probe import icmp_reachable, tcp_reachable
@@ -74,9 +74,7 @@ class NetDriver(Driver):
 
     def __init__(self, config: DeviceConfig) -> None:
         super().__init__(config)
-        if not isinstance(config, NetDeviceConfig):
-            config = NetDeviceConfig.model_validate(config.model_dump())
-        self.cfg = config
+        self.cfg = config = own_config(config, NetDeviceConfig)
 
     async def poll(self) -> Sample:
         root = Path(self.cfg.sysfs)

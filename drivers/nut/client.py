@@ -282,10 +282,8 @@ class NutClient:
     async def _noop(self) -> None:
         return None
 
-    async def _ensure_connected(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            return
-        self._discard()
+    async def _connect(self) -> _LineProtocol:
+        """A new connection to upsd, not yet authenticated."""
         loop = asyncio.get_running_loop()
         try:
             _, conn = await loop.create_connection(
@@ -295,7 +293,13 @@ class NutClient:
             raise DeviceError(
                 f"cannot connect to NUT server {self.where}: {exc.strerror or exc}"
             ) from None
-        self._conn = conn
+        return conn
+
+    async def _ensure_connected(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            return
+        self._discard()
+        self._conn = await self._connect()
         log.debug("connected to NUT server %s", self.where)
         try:
             if self.username is not None:
@@ -333,15 +337,7 @@ class NutClient:
         )
 
     async def _login_accepted(self, ups: str) -> bool:
-        loop = asyncio.get_running_loop()
-        try:
-            _, probe = await loop.create_connection(
-                lambda: _LineProtocol(self.where, self.max_line), self.host, self.port
-            )
-        except OSError as exc:
-            raise DeviceError(
-                f"cannot connect to NUT server {self.where}: {exc.strerror or exc}"
-            ) from None
+        probe = await self._connect()
         try:
             for words in (
                 ("USERNAME", self.username),

@@ -28,6 +28,7 @@ from facility_agent.core.driver import (
     Driver,
     SiteHooks,
     SiteService,
+    own_config,
 )
 from facility_agent.core.model import MetricValue, Sample, utcnow
 from facility_agent.core.units import Duration
@@ -171,9 +172,7 @@ class NutDriver(Driver):
 
     def __init__(self, config: DeviceConfig) -> None:
         super().__init__(config)
-        if not isinstance(config, NutDeviceConfig):
-            config = NutDeviceConfig.model_validate(config.model_dump())
-        self.cfg = config
+        self.cfg = config = own_config(config, NutDeviceConfig)
         self._key: _Key | None = None
         self._client: NutClient | None = None
         self._ranges = nut_ranges.load(config.ranges)

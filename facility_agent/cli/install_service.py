@@ -27,6 +27,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from facility_agent.core.driver import SubParsers
 
 UNIT_NAME = "facility-agent.service"
 POLKIT_RULE = "50-facility-agent-poweroff.rules"
@@ -333,10 +337,7 @@ def _write(path: Path, text: str, mode: int) -> None:
     path.chmod(mode)
 
 
-def add_parser(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    parents: Sequence[argparse.ArgumentParser] = (),
-) -> None:
+def add_parser(sub: SubParsers, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     from facility_agent.cli.main import DEFAULT_CONFIG
 
     what = "install the systemd unit, the system user and directories; prints the next steps"

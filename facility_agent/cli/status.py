@@ -27,6 +27,7 @@ import orjson
 
 if TYPE_CHECKING:
     from facility_agent.config.site import MqttConfig
+    from facility_agent.core.driver import SubParsers
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -315,29 +316,12 @@ def render(site: str, verdict: Verdict, data: Retained) -> None:
     for name, st in sorted(data.devices.items()):
         m = st.get("metrics") or {}
         flags = st.get("status") or []
-        comm = st.get("comm", "?")
-        style = "red" if comm == "lost" or set(flags) & CRITICAL_FLAGS else ""
-        detail = ""
-        if "generator.state" in m:
-            detail = f"generator {m['generator.state']}"
-            if "generator.fuel.level" in m:
-                detail += f", fuel {_fmt(m['generator.fuel.level'], '%')}"
-        elif st.get("reason"):
-            detail = str(st["reason"])[:60]
-        elif "driver.profile" in m:  # an SNMP device on `profile: auto`: what detection picked
-            detail = f"profile {m['driver.profile']} (auto)"
-        table.add_row(
-            name,
-            str(st.get("driver", "")),
-            comm,
-            " ".join(flags),
-            _fmt(m.get("battery.charge"), "%"),
-            _fmt_runtime(m.get("battery.runtime")),
-            _fmt(m.get("ups.load", m.get("generator.load")), "%"),
-            _fmt(m.get("input.voltage", m.get("mains.voltage"))),
-            detail,
-            style=style,
-        )
+        style = "red" if st.get("comm", "?") == "lost" or set(flags) & CRITICAL_FLAGS else ""
+        cells = _device_cells(st, reason_width=60)
+        if not cells["detail"] and "driver.profile" in m:
+            # an SNMP device on `profile: auto`: what detection picked
+            cells["detail"] = f"profile {m['driver.profile']} (auto)"
+        table.add_row(name, *cells.values(), style=style)
     console.print(table)
     if data.groups:
         groups = Table(title="redundancy groups", title_justify="left")
@@ -411,8 +395,9 @@ def _site_and_mqtt(path: str) -> tuple[str, MqttConfig | None] | None:
     return str(site), None
 
 
-def _device_cells(st: dict[str, Any]) -> dict[str, str]:
-    """The columns of one device row, shared by the table and the plain lines."""
+def _device_cells(st: dict[str, Any], reason_width: int | None = None) -> dict[str, str]:
+    """The columns of one device row (in the table's order), shared by the table and the plain
+    lines; the table cuts a long reason to `reason_width`."""
     m = st.get("metrics") or {}
     detail = ""
     if "generator.state" in m:
@@ -420,7 +405,7 @@ def _device_cells(st: dict[str, Any]) -> dict[str, str]:
         if "generator.fuel.level" in m:
             detail += f", fuel {_fmt(m['generator.fuel.level'], '%')}"
     elif st.get("reason"):
-        detail = str(st["reason"])
+        detail = str(st["reason"])[:reason_width]
     return {
         "driver": str(st.get("driver", "")),
         "comm": str(st.get("comm", "?")),
@@ -578,10 +563,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return verdict.code
 
 
-def add_parser(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    parents: Sequence[argparse.ArgumentParser] = (),
-) -> None:
+def add_parser(sub: SubParsers, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
     from facility_agent.cli.main import DEFAULT_CONFIG, positive_float
 
     what = (

@@ -177,6 +177,18 @@ def _char_at(text: str, line: int, column: int) -> str:
     return lines[line][column] if line < len(lines) and column < len(lines[line]) else ""
 
 
+def _not_yaml(text: str, exc: Exception) -> SiteYamlError:
+    """The error for a document the parser or the constructor refused, at its line and column."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+        # "found character '\t' that cannot start any token": say what to do about it.
+        problem = f"a tab at column {mark.column + 1}: indent with spaces, not tabs"
+    elif mark is not None:
+        problem += f" (column {mark.column + 1})"
+    return SiteYamlError([((), f"not valid YAML: {problem}", _line(mark))])
+
+
 def load(text: str) -> tuple[yaml.Node | None, Any]:
     """The composed root node (for line numbers) and the data of one YAML document."""
     try:
@@ -188,14 +200,7 @@ def load(text: str) -> tuple[yaml.Node | None, Any]:
         problem = f"character #x{char:04x} is not allowed in YAML ({exc.reason})"
         raise SiteYamlError([((), f"not valid YAML: {problem}", line)]) from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
-            # "found character '\t' that cannot start any token": say what to do about it.
-            problem = f"a tab at column {mark.column + 1}: indent with spaces, not tabs"
-        elif mark is not None:
-            problem += f" (column {mark.column + 1})"
-        raise SiteYamlError([((), f"not valid YAML: {problem}", _line(mark))]) from None
+        raise _not_yaml(text, exc) from None
     if root is None:
         return None, None
     graph = _Graph(written + MAX_EXPANSION)
@@ -206,12 +211,5 @@ def load(text: str) -> tuple[yaml.Node | None, Any]:
         data = yaml.SafeLoader("").construct_document(root)
     except (yaml.YAMLError, ValueError, OverflowError) as exc:
         # ValueError: a timestamp like 2024-13-45, an int of more than 4300 digits.
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
-            # "found character '\t' that cannot start any token": say what to do about it.
-            problem = f"a tab at column {mark.column + 1}: indent with spaces, not tabs"
-        elif mark is not None:
-            problem += f" (column {mark.column + 1})"
-        raise SiteYamlError([((), f"not valid YAML: {problem}", _line(mark))]) from None
+        raise _not_yaml(text, exc) from None
     return root, data

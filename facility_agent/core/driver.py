@@ -17,12 +17,16 @@ import argparse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from facility_agent.core.model import DeviceState, Event, Sample
 from facility_agent.core.units import Duration, Identifier
+
+#: What `add_subparsers()` returns, as a command's `add_parser` takes it (of any parser class:
+#: the CLI's own is an ArgumentParser subclass).
+SubParsers: TypeAlias = "argparse._SubParsersAction[Any]"
 
 
 class DeviceConfig(BaseModel):
@@ -49,9 +53,21 @@ class DeviceConfig(BaseModel):
     #: Whether device actions (commands, SET VAR ...) may be sent to it.
     allow_writes: bool = False
 
+    #: A poll's timeout when `timeout` is not set: the interval, capped at this.
+    timeout_cap: ClassVar[float] = 5.0
+
     @property
     def poll_timeout(self) -> float:
-        return self.timeout if self.timeout is not None else min(self.interval, 5.0)
+        return self.timeout if self.timeout is not None else min(self.interval, self.timeout_cap)
+
+
+C = TypeVar("C", bound=DeviceConfig)
+
+
+def own_config(config: DeviceConfig, model: type[C]) -> C:
+    """`config` as the driver's own model: a plain DeviceConfig (a test's, a plugin host's) is
+    validated into it, so a missing or wrong key fails here, not at the first poll."""
+    return config if isinstance(config, model) else model.model_validate(config.model_dump())
 
 
 class DeviceError(Exception):
@@ -153,11 +169,7 @@ class Driver(ABC):
         return None
 
     @classmethod
-    def add_commands(
-        cls,
-        sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-        parents: Sequence[argparse.ArgumentParser],
-    ) -> None:
+    def add_commands(cls, sub: SubParsers, parents: Sequence[argparse.ArgumentParser]) -> None:
         """Add the driver's own `facility-agent` commands (the SNMP driver's `snmp record`)."""
         return None
 

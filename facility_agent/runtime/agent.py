@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from facility_agent.config.site import SiteConfig
 from facility_agent.core.driver import DeviceConfig, Driver, SiteHooks, SiteService
@@ -17,6 +18,8 @@ from facility_agent.runtime.faults import Faults, part_name
 from facility_agent.runtime.poller import DevicePoller, PollFailed, PollOk, PollOutcome
 from facility_agent.runtime.state import SiteState, Transition
 from facility_agent.runtime.supervise import Supervisor
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -311,16 +314,8 @@ class Agent:
             # journal and JSON log lines carry these as fields (logfmt.py).
             extra={"device": event.device, "event_id": event.id, "event_type": event.type},
         )
-        for sink in self.sinks:
-            try:
-                sink.publish_event(event)
-            except Exception as exc:
-                self.faults.failed(part_name(sink), "publish_event", exc)
-        for listener in self._event_listeners:
-            try:
-                listener(event)
-            except Exception as exc:
-                self.faults.failed(part_name(listener), "event listener", exc)
+        self._fan_out(event, [(s, s.publish_event) for s in self.sinks], "publish_event")
+        self._fan_out(event, [(f, f) for f in self._event_listeners], "event listener")
         if self.policy is not None:
             try:
                 self.policy.on_event(event)
@@ -329,16 +324,19 @@ class Agent:
 
     def _publish_state(self, state: DeviceState) -> None:
         self._last_published[state.device] = time.monotonic()
-        for sink in self.sinks:
+        self._fan_out(state, [(s, s.publish_state) for s in self.sinks], "publish_state")
+        self._fan_out(state, [(f, f) for f in self._state_listeners], "state listener")
+
+    def _fan_out(
+        self, item: T, targets: Sequence[tuple[object, Callable[[T], None]]], kind: str
+    ) -> None:
+        """Hand `item` to each (part, callable): one that raises is counted against its part
+        (faults.py) and the others still get it."""
+        for part, deliver in targets:
             try:
-                sink.publish_state(state)
+                deliver(item)
             except Exception as exc:
-                self.faults.failed(part_name(sink), "publish_state", exc)
-        for listener in self._state_listeners:
-            try:
-                listener(state)
-            except Exception as exc:
-                self.faults.failed(part_name(listener), "state listener", exc)
+                self.faults.failed(part_name(part), kind, exc)
 
     async def _heartbeat(self) -> None:
         """Republish every state at least once per heartbeat, even when nothing changed."""

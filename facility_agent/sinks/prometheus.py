@@ -415,26 +415,34 @@ class _SiteCollector(Collector):
             for output, n in sorted(stats["rows"].items()):
                 rows.add_metric([output], float(n))
             yield rows
-            dropped = CounterMetricFamily(
+            yield counter(
                 "facility_agent_outbox_dropped",
                 "Messages the outbox bounds dropped (or set aside as undeliverable)",
-                labels=["output", "reason"],
+                ["output", "reason"],
+                snap.outbox_dropped.items(),
             )
-            for (output, reason), n in sorted(snap.outbox_dropped.items()):
-                dropped.add_metric([output, reason], float(n))
-            yield dropped
-            errors = CounterMetricFamily(
-                "facility_agent_outbox_errors", "Failed outbox writes or reads", labels=["kind"]
+            yield counter(
+                "facility_agent_outbox_errors",
+                "Failed outbox writes or reads",
+                ["kind"],
+                (((kind,), n) for kind, n in snap.outbox_errors.items()),
             )
-            for kind, n in sorted(snap.outbox_errors.items()):
-                errors.add_metric([kind], float(n))
-            yield errors
             size = GaugeMetricFamily("facility_agent_outbox_bytes", "Bytes used by the outbox")
             size.add_metric([], float(stats["bytes"]))
             yield size
 
 
 # -- fault isolation and supervision (kept apart from the metrics above) ----------------------
+
+
+def counter(
+    name: str, doc: str, labels: list[str], counts: Iterable[tuple[tuple[str, ...], float]]
+) -> CounterMetricFamily:
+    """A counter family with one sample per (label values, count), in label order."""
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for values, n in sorted(counts):
+        family.add_metric(list(values), float(n))
+    return family
 
 
 def health_tasks(snap: Snapshot) -> dict[str, Any]:
@@ -453,14 +461,12 @@ def health_tasks(snap: Snapshot) -> dict[str, Any]:
 
 def fault_metrics(site: str, snap: Snapshot) -> Iterator[Metric]:
     """Sinks that raised on the event path, and supervised tasks down or restarted."""
-    errors = CounterMetricFamily(
+    yield counter(
         "facility_agent_output_publish_errors",
         "Times an output (or listener) raised while handed a state or event",
-        labels=["output", "kind"],
+        ["output", "kind"],
+        snap.faults.items(),
     )
-    for (part, kind), n in sorted(snap.faults.items()):
-        errors.add_metric([part, kind], float(n))
-    yield errors
     down = GaugeMetricFamily(
         "facility_agent_task_down",
         "1 while a supervised task is dead, waiting to restart",
@@ -470,9 +476,9 @@ def fault_metrics(site: str, snap: Snapshot) -> Iterator[Metric]:
     for entry in snap.tasks.get("down", []):
         down.add_metric([site, str(entry["name"])], 1.0)
     yield down
-    restarts = CounterMetricFamily(
-        "facility_agent_task_restarts", "Restarts of supervised tasks", labels=["site", "task"]
+    yield counter(
+        "facility_agent_task_restarts",
+        "Restarts of supervised tasks",
+        ["site", "task"],
+        (((site, name), n) for name, n in snap.tasks.get("restarts", {}).items()),
     )
-    for name, n in sorted(snap.tasks.get("restarts", {}).items()):
-        restarts.add_metric([site, name], float(n))
-    yield restarts

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from facility_agent.simulators.site import SimulatedSite
+from facility_agent.simulators.tasks import cancel
 from facility_wire.pyghmi_sockets import patch_socket_modes
 
 log = logging.getLogger(__name__)
@@ -540,11 +541,8 @@ class IpmiFace:
             await fut
 
     async def stop(self) -> None:
-        if self._pump:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
-            self._pump = None
+        await cancel(self._pump)
+        self._pump = None
         for child in self._children:
             stdin = child.proc.stdin
             if stdin is not None and not stdin.is_closing():
@@ -556,10 +554,7 @@ class IpmiFace:
             except TimeoutError:
                 child.proc.kill()
                 await child.proc.wait()
-            if child.reader:
-                child.reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await child.reader
+            await cancel(child.reader)
         self._children.clear()
         self._by_server.clear()
 

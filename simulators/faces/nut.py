@@ -226,6 +226,18 @@ class _Err(Exception):
         self.code = code
 
 
+def _credential(client: _Client, args: list[str], which: Literal["username", "password"]) -> str:
+    """USERNAME or PASSWORD: one non-empty argument, once per connection, as upsd."""
+    if len(args) != 1:
+        raise _Err("INVALID-ARGUMENT")
+    if getattr(client, which) is not None:
+        raise _Err(f"ALREADY-SET-{which.upper()}")
+    if not args[0]:
+        raise _Err(f"INVALID-{which.upper()}")
+    setattr(client, which, args[0])
+    return "OK"
+
+
 Handler = Callable[[_Client, list[str]], str]
 
 
@@ -463,24 +475,10 @@ class NutServer:
         raise _Err("FEATURE-NOT-CONFIGURED")
 
     def _username(self, client: _Client, args: list[str]) -> str:
-        if len(args) != 1:
-            raise _Err("INVALID-ARGUMENT")
-        if client.username is not None:
-            raise _Err("ALREADY-SET-USERNAME")
-        if not args[0]:
-            raise _Err("INVALID-USERNAME")
-        client.username = args[0]
-        return "OK"
+        return _credential(client, args, "username")
 
     def _password(self, client: _Client, args: list[str]) -> str:
-        if len(args) != 1:
-            raise _Err("INVALID-ARGUMENT")
-        if client.password is not None:
-            raise _Err("ALREADY-SET-PASSWORD")
-        if not args[0]:
-            raise _Err("INVALID-PASSWORD")
-        client.password = args[0]
-        return "OK"
+        return _credential(client, args, "password")
 
     def _login(self, client: _Client, args: list[str]) -> str:
         if len(args) != 1:
