@@ -17,8 +17,7 @@ import yaml
 from facility_agent.cli.runbook import gather, render_markdown
 from facility_agent.config import parse_site
 from facility_agent.config.policy import ShutdownConfig, StageConfig
-from facility_agent.core.driver import Driver
-from facility_agent.core.model import Event, Sample, utcnow
+from facility_agent.core.model import Event
 from facility_agent.policy.durations import estimate_plan
 from facility_agent.policy.engine import DRILL_JOURNAL, PolicyEngine
 from facility_agent.policy.journal import Journal
@@ -29,6 +28,7 @@ from facility_agent.runtime.state import SiteState
 from tests.fixtures.podman import Podman
 from tests.fixtures.procs import Proc
 from tests.fixtures.sshd import Sshd, start_sshd
+from tests.fixtures.world import WORLD, WorldDriver
 from tests.test_policy_site import until
 from tests.test_step_containers import names  # noqa: F401 (a fixture)
 from tests.test_step_containers import stage as container_stage
@@ -196,19 +196,6 @@ def parse_policy(tmp_path: Path, stages: list[dict[str, Any]], **shutdown: Any) 
 
 
 # -- the runtime trigger against two real SSH hosts, one of them slow ----------------------------
-
-WORLD: dict[str, dict[str, Any]] = {}
-
-
-class WorldDriver(Driver):
-    name = "world"
-
-    async def poll(self) -> Sample:
-        dev = WORLD[self.config.id]
-        return Sample(self.config.id, utcnow(), tuple(dev["status"].split()), dict(dev["metrics"]))
-
-    async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
-        return f"{action} done"
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +15,13 @@ import pytest
 import yaml
 
 from facility_agent.config.site import parse_site
-from facility_agent.core.driver import Driver
-from facility_agent.core.model import Sample, utcnow
+from facility_agent.core.model import utcnow
 from facility_agent.core.registry import driver_classes
 from facility_agent.runtime import agent as agent_module
 from facility_agent.runtime.agent import Agent
 from tests.fixtures.procs import Proc, free_port, require_binary
-
-WORLD: dict[str, dict[str, Any]] = {}
-
-
-class WorldDriver(Driver):
-    name = "world"
-
-    async def poll(self) -> Sample:
-        dev = WORLD[self.config.id]
-        return Sample(self.config.id, utcnow(), tuple(dev["status"].split()), dict(dev["metrics"]))
-
-    async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
-        return f"{action} done"
+from tests.fixtures.upsmon import start_upsmon
+from tests.fixtures.world import WORLD, WorldDriver
 
 
 @pytest.fixture(autouse=True)
@@ -95,19 +83,6 @@ async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
-def notified(path: Path, kind: str) -> set[str]:
-    """The UPS names (`ups-a`) upsmon's NOTIFYCMD was called with for this kind."""
-    return {
-        line.split()[1].split("@")[0]
-        for line in lines(path)
-        if line.startswith(kind + " ") and len(line.split()) > 1
-    }
-
-
 async def test_nut_clients_list_and_read(tmp_path: Path) -> None:
     port = free_port()
     agent = Agent(site(tmp_path, port), sinks=[])
@@ -157,48 +132,15 @@ async def test_nut_clients_list_and_read(tmp_path: Path) -> None:
         await agent.stop()
 
 
-def start_upsmon(tmp: Path, port: int, procs: Callable[..., Proc]) -> tuple[Proc, Path, Path]:
-    upsmon = require_binary("/lib/nut/upsmon")
-    etc = tmp / "etc"
-    etc.mkdir(parents=True)
-    shut_log, notify_log = tmp / "shutdown.log", tmp / "notify.log"
-    shut = tmp / "shutdown.sh"
-    shut.write_text(f'#!/bin/sh\necho "$(date +%s.%N) shutdown" >> {shut_log}\n')
-    notify = tmp / "notify.sh"
-    notify.write_text(f'#!/bin/sh\necho "$NOTIFYTYPE $UPSNAME" >> {notify_log}\n')
-    for script in (shut, notify):
-        script.chmod(0o755)
-    flags = "ONLINE ONBATT LOWBATT FSD COMMOK COMMBAD SHUTDOWN NOCOMM"
-    conf = [
-        "RUN_AS_USER root",
-        *(f"MONITOR {u}@127.0.0.1:{port} 1 secondary s3cret-pw secondary" for u in WORLD),
-        "MINSUPPLIES 1",
-        f'SHUTDOWNCMD "{shut}"',
-        f"NOTIFYCMD {notify}",
-        *(f"NOTIFYFLAG {f} SYSLOG+EXEC" for f in flags.split()),
-        "POLLFREQ 1",
-        "POLLFREQALERT 1",
-        "DEADTIME 15",
-        "FINALDELAY 0",
-        f"POWERDOWNFLAG {tmp / 'killpower'}",
-    ]
-    (etc / "upsmon.conf").write_text("\n".join(conf) + "\n")
-    (etc / "upsmon.conf").chmod(0o600)
-    (tmp / "state").mkdir()
-    # Its own PID file: upsmon signals a "previous instance" it finds in the default one.
-    state = str(tmp / "state")
-    env = {"NUT_CONFPATH": str(etc), "NUT_STATEPATH": state, "NUT_ALTPIDPATH": state}
-    proc = procs([upsmon, "-F", "-u", "root"], tmp / "upsmon.log", env=env)
-    return proc, shut_log, notify_log
-
-
 async def test_upsmon_secondary_follows_the_plan(
     tmp_path: Path, procs: Callable[..., Proc]
 ) -> None:
     port = free_port()
     agent = Agent(site(tmp_path, port), sinks=[])
     await agent.start()
-    upsmon, shut_log, notify_log = start_upsmon(tmp_path / "upsmon", port, procs)
+    upsmon = start_upsmon(
+        tmp_path / "upsmon", f"127.0.0.1:{port}", WORLD, "secondary", "s3cret-pw", procs
+    )
     try:
         await until(
             lambda: "nut" in agent.services and len(agent.services["nut"]._clients) >= 2,  # type: ignore[attr-defined]
@@ -213,7 +155,7 @@ async def test_upsmon_secondary_follows_the_plan(
             10,
             "plan started",
         )
-        await until(lambda: notified(notify_log, "ONBATT") == set(WORLD), 10, "upsmon saw ONBATT")
+        await until(lambda: upsmon.notified("ONBATT") == set(WORLD), 10, "upsmon saw ONBATT")
         for ups in WORLD.values():
             ups["status"] = "OL"
         await until(
@@ -221,10 +163,10 @@ async def test_upsmon_secondary_follows_the_plan(
             10,
             "plan cancelled",
         )
-        await until(lambda: notified(notify_log, "ONLINE") == set(WORLD), 10, "upsmon saw ONLINE")
+        await until(lambda: upsmon.notified("ONLINE") == set(WORLD), 10, "upsmon saw ONLINE")
         await asyncio.sleep(3)  # three upsmon polls: nothing may follow
-        assert lines(shut_log) == []
-        assert notified(notify_log, "FSD") == set()
+        assert upsmon.shutdowns() == []
+        assert upsmon.notified("FSD") == set()
 
         # The real outage: the plan runs to its notify stage, and only then upsmon acts.
         for ups in WORLD.values():
@@ -239,12 +181,12 @@ async def test_upsmon_secondary_follows_the_plan(
             "the notify stage",
         )
         reached = time.time()
-        await until(lambda: lines(shut_log) != [], 15, "SHUTDOWNCMD")
-        assert float(lines(shut_log)[0].split()[0]) >= reached - 0.5
+        await until(lambda: upsmon.shutdowns() != [], 15, "SHUTDOWNCMD")
+        assert upsmon.shutdowns()[0] >= reached - 0.5
         await asyncio.sleep(3)
-        assert len(lines(shut_log)) == 1, lines(shut_log)
-        assert notified(notify_log, "FSD") == set(WORLD)
-        assert "s3cret-pw" not in upsmon.output()
+        assert len(upsmon.shutdowns()) == 1, upsmon.shutdowns()
+        assert upsmon.notified("FSD") == set(WORLD)
+        assert "s3cret-pw" not in upsmon.proc.output()
     finally:
         await agent.stop()
 

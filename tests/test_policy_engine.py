@@ -19,23 +19,18 @@ import pytest
 import yaml
 
 from facility_agent.config.site import parse_site
-from facility_agent.core.driver import ActionError, DeviceConfig, Driver
-from facility_agent.core.model import Event, Sample, utcnow
+from facility_agent.core.driver import ActionError, DeviceConfig
+from facility_agent.core.model import Event
 from facility_agent.runtime import agent as agent_module
 from facility_agent.runtime.agent import Agent
+from tests.fixtures.world import WORLD
+from tests.fixtures.world import WorldDriver as BaseWorldDriver
 
-WORLD: dict[str, dict[str, Any]] = {}
 ACTIONS: list[tuple[str, str]] = []
 
 
-class WorldDriver(Driver):
-    """Reads its device's status and metrics from WORLD; actions change WORLD."""
-
-    name = "world"
-
-    async def poll(self) -> Sample:
-        dev = WORLD[self.config.id]
-        return Sample(self.config.id, utcnow(), tuple(dev["status"].split()), dict(dev["metrics"]))
+class WorldDriver(BaseWorldDriver):
+    """Actions change WORLD: power actions switch the server, a refusing device refuses."""
 
     async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
         ACTIONS.append((self.config.id, action))

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from facility_agent.drivers.snmp.detect import NoProfileError
-from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 
+from .fixtures.recordings import assert_reads_as_expected, poll_recording
 from .fixtures.snmp import serve_recording
 
 CASES = Path(__file__).parents[1] / "drivers" / "snmp" / "testcases"
@@ -56,17 +56,6 @@ def replay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int
         yield port, expected
 
 
-async def _poll(port: int, profile: str) -> tuple[SnmpDriver, Any]:
-    cfg = SnmpDeviceConfig(
-        id="rec", driver="snmp", host="127.0.0.1", port=port, profile=profile, timeout=5.0
-    )
-    drv = SnmpDriver(cfg)
-    try:
-        return drv, await drv.poll()
-    finally:
-        await drv.close()
-
-
 def test_every_family_has_a_real_recording_with_its_origin_and_licence() -> None:
     assert {_expected(n)["profile"] for n in NAMES} == PROFILES
     for name in NAMES:
@@ -80,18 +69,8 @@ def test_every_family_has_a_real_recording_with_its_origin_and_licence() -> None
 @pytest.mark.parametrize("replay", NAMES, indirect=True)
 async def test_recording_reads_as_its_mib_says(replay: tuple[int, dict[str, Any]]) -> None:
     port, expected = replay
-    _, sample = await _poll(port, expected["profile"])
-    want: dict[str, Any] = expected["metrics"]
-    assert sorted(sample.metrics) == sorted(want)
-    for name, value in want.items():
-        got = sample.metrics[name]
-        if isinstance(value, str) or isinstance(got, str):
-            assert got == value, name
-        else:
-            assert got == pytest.approx(value, abs=1e-6), name
-    assert sorted(sample.unknown) == sorted(expected["unknown"])
-    assert not set(sample.unknown) & set(sample.metrics)
-    assert list(sample.status) == expected["status"]
+    _, sample = await poll_recording(port, expected["profile"])
+    assert_reads_as_expected(sample, expected)
 
 
 @pytest.mark.parametrize("replay", NAMES, indirect=True)
@@ -99,7 +78,7 @@ async def test_profile_auto_picks_the_family_and_says_why(
     replay: tuple[int, dict[str, Any]],
 ) -> None:
     port, expected = replay
-    drv, sample = await _poll(port, "auto")
+    drv, sample = await poll_recording(port, "auto")
     assert expected["detect"] == expected["profile"]
     assert sample.metrics["driver.profile"] == expected["profile"]
     assert drv.choice is not None and drv.choice.profile == expected["profile"]
@@ -118,7 +97,7 @@ async def test_a_liebert_cooling_unit_is_not_taken_for_a_ups(tmp_path: Path) -> 
         serve_recording(recording, tmp_path, expected["subtrees"]) as port,
         pytest.raises(NoProfileError) as err,
     ):
-        await _poll(port, "auto")
+        await poll_recording(port, "auto")
     text = str(err.value)
     assert expected["sysobjectid"] in text
     assert "facility-agent snmp record 127.0.0.1" in text
@@ -139,7 +118,7 @@ async def test_a_scalar_falls_back_when_the_agent_lacks_its_first_oid(tmp_path: 
     root = tmp_path / "snmpd"
     root.mkdir()
     with serve_recording(walk, root, [".1.3.6.1.4.1.318"]) as port:
-        _, sample = await _poll(port, "apc-powernet-ups")
+        _, sample = await poll_recording(port, "apc-powernet-ups")
     assert sample.metrics["battery.charge"] == 87
     assert sample.metrics["input.voltage"] == 231
     assert sample.metrics["input.frequency"] == pytest.approx(49.9)

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 from facility_agent.drivers.snmp.profile import ProfileError, load_profile
 
+from .fixtures.recordings import assert_reads_as_expected, poll_recording
 from .fixtures.snmp import serve_recording
 
 CASES = Path(__file__).parents[1] / "drivers" / "snmp" / "testcases"
@@ -77,30 +77,8 @@ def test_each_recording_answers_its_profiles_detection_probe(name: str) -> None:
 @pytest.mark.parametrize("replay", NAMES, indirect=True)
 async def test_pdu_recording_reads_as_its_mib_says(replay: tuple[int, dict[str, Any]]) -> None:
     port, expected = replay
-    cfg = SnmpDeviceConfig(
-        id="rec",
-        driver="snmp",
-        host="127.0.0.1",
-        port=port,
-        profile=expected["profile"],
-        timeout=5.0,
-    )
-    drv = SnmpDriver(cfg)
-    try:
-        sample = await drv.poll()
-    finally:
-        await drv.close()
-    want: dict[str, Any] = expected["metrics"]
-    assert sorted(sample.metrics) == sorted(want)
-    for name, value in want.items():
-        got = sample.metrics[name]
-        if isinstance(value, str) or isinstance(got, str):
-            assert got == value, name
-        else:
-            assert got == pytest.approx(value, abs=1e-6), name
-    assert sorted(sample.unknown) == sorted(expected["unknown"])
-    assert not set(sample.unknown) & set(sample.metrics)
-    assert list(sample.status) == expected["status"]
+    _, sample = await poll_recording(port, expected["profile"])
+    assert_reads_as_expected(sample, expected)
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,8 @@ import pytest
 from facility_agent.cli.main import main
 from facility_agent.core.model import Sample
 
-from .test_snmp_recordings import CASES, driver, serve
+from .fixtures.recordings import recording_driver as driver
+from .test_snmp_recordings import CASES, serve
 
 
 def _poll(port: int) -> Sample:
