@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sqlite3
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,14 @@ from tests.test_policy_engine import (  # noqa: F401 (_world: the in-process dev
     outage,
     power_back,
 )
-from tests.test_policy_site import journal_state, nut_ups_pair, until
+from tests.test_policy_site import (
+    fail_power,
+    journal_state,
+    nut_ups_pair,
+    plan_site,
+    run_agent,
+    until,
+)
 
 NS = "http://libvirt.org/schemas/domain/test/1.0"
 
@@ -224,31 +230,20 @@ async def test_kill_9_mid_vm_step_resumes_neither_repeating_nor_skipping(
     nut_simulator: RunningSimulator,
     procs: Callable[..., Proc],
 ) -> None:
-    site = {
-        "site": "lab1",
-        "state_dir": str(tmp_path / "state"),
-        "devices": nut_ups_pair("127.0.0.1", nut_simulator.nut_port),
-        "groups": [{"id": "ups", "members": ["ups-a", "ups-b"], "min": 1, "hold": 0.2}],
-        "shutdown": {
-            "group": "ups",
-            "triggers": {"on_battery_for": 0.5, "hold": 0.2, "runtime_margin": None},
-            "stages": [vm_stage(site_uri, timeout=4)],
-        },
-    }
+    devices = nut_ups_pair("127.0.0.1", nut_simulator.nut_port)
+    stages = [vm_stage(site_uri, timeout=4)]
     path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(site))
-    argv = [sys.executable, "-m", "facility_agent.cli", "run", "-c", str(path)]
-    agent = procs(argv, tmp_path / "agent1.log")
+    path.write_text(yaml.safe_dump(plan_site(tmp_path, devices, stages, on_battery_for=0.5)))
+    agent = run_agent(procs, path, tmp_path / "agent1.log")
     await asyncio.sleep(1.5)
-    nut_simulator.inject("generator.crank_fail")
-    nut_simulator.inject("utility.fail")
+    fail_power(nut_simulator)
     # In the middle: db-1 is behind, hung is being waited for, web-* are still to come.
     await until(lambda: _targets(tmp_path).get("hung") == "stopping", 30, "hung stopping")
     assert _targets(tmp_path) == {"db-1": "stopped", "hung": "stopping"}
     agent.signal(signal.SIGKILL)
     agent.popen.wait(10)
     assert journal_state(tmp_path) == "running"
-    again = procs(argv, tmp_path / "agent2.log")
+    again = run_agent(procs, path, tmp_path / "agent2.log")
     await until(lambda: journal_state(tmp_path) == "completed", 40, "the resumed plan")
     assert _targets(tmp_path) == {n: "stopped" for n in ("db-1", "hung", "web-1", "web-2")}
     detail = _step_detail(tmp_path)

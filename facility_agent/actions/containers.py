@@ -16,7 +16,13 @@ import docker
 import docker.errors
 import requests
 
-from facility_agent.actions.targets import Tally, TargetLog
+from facility_agent.actions.targets import (
+    Tally,
+    TargetLog,
+    settle_interrupted,
+    skip_stopped,
+    stop_together,
+)
 from facility_agent.config.policy import ContainersStep
 from facility_agent.policy.durations import project_target
 
@@ -103,9 +109,7 @@ async def stop_containers(
         for target, why in missing:
             tally.fail(target, why)
         before = log.states()
-        behind = [n for n, s in before.items() if s == "stopped"]
-        if behind:
-            tally.ok(f"already stopped before a restart: {', '.join(behind)}")
+        behind = skip_stopped(before, tally)
         plan = [g for g in ([n for n in g if n not in behind] for g in plan) if g]
         if dry_run:
             listed = " then ".join(", ".join(g) for g in plan) or "nothing (none running)"
@@ -114,25 +118,13 @@ async def stop_containers(
         running = {n for g in plan for n in g}
         for group in plan:
             started = time.monotonic()
-            results = await asyncio.gather(
-                *(_stop(api, name, cfg, log) for name in group), return_exceptions=True
-            )
-            for name, result in zip(group, results, strict=True):
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
-                if isinstance(result, BaseException):
-                    tally.fail(name, str(result))
-                else:
-                    tally.ok(result)
+            results = await stop_together(group, lambda n: _stop(api, n, cfg, log), tally)
             # A project's containers stop together: the entry takes as long as all of them.
             project = {by_project.get(n) for n in group}
             whole = not before and not any(isinstance(r, BaseException) for r in results)
             if whole and len(project) == 1 and None not in project:
                 log.timed(project_target(str(project.pop())), time.monotonic() - started)
-        for name, state in before.items():
-            if state == "stopping" and name not in running:
-                log.mark(name, "stopped")  # it went off while the agent was down
-                tally.ok(f"{name} off after a restart")
+        settle_interrupted(before, running, log, tally)
         return tally.result("no container running")
     finally:
         await asyncio.to_thread(api.close)

@@ -17,7 +17,17 @@ from typing import Any
 
 import libvirt
 
-from facility_agent.actions.targets import STOPPED, Tally, TargetLog, groups, is_glob, public_uri
+from facility_agent.actions.targets import (
+    STOPPED,
+    Tally,
+    TargetLog,
+    groups,
+    is_glob,
+    public_uri,
+    settle_interrupted,
+    skip_stopped,
+    stop_together,
+)
 from facility_agent.config.policy import VmStep
 
 #: libvirt prints every error to stderr by default; they are raised as exceptions anyway.
@@ -144,9 +154,7 @@ async def stop_guests(
         if name not in defined:
             tally.fail(name, f"{name}: no such guest")
     before = log.states()
-    behind = [n for n, s in before.items() if s == "stopped"]
-    if behind:
-        tally.ok(f"already stopped before a restart: {', '.join(behind)}")
+    behind = skip_stopped(before, tally)
     # A guest journaled as stopped is never asked again, even if it runs again by now (someone
     # started it, or the test driver's state went with the agent's process): no repeats.
     plan = [g for g in groups((n for n in running if n not in behind), cfg.guests) if g]
@@ -156,22 +164,13 @@ async def stop_guests(
         tally.ok(f"dry run: would shut down {listed} (up to {timeout:g} s each, then {then})")
         return tally.result("")
     for group in plan:
-        results = await asyncio.gather(
-            *(_stop(conn, name, cfg, timeout, log) for name in group), return_exceptions=True
+        await stop_together(
+            group,
+            lambda n: _stop(conn, n, cfg, timeout, log),
+            tally,
+            lambda exc: str(exc) if isinstance(exc, RuntimeError) else _message(exc),
         )
-        for name, result in zip(group, results, strict=True):
-            if isinstance(result, BaseException):
-                if isinstance(result, asyncio.CancelledError):
-                    raise result
-                tally.fail(
-                    name, str(result) if isinstance(result, RuntimeError) else _message(result)
-                )
-            else:
-                tally.ok(result)
-    for name, state in before.items():
-        if state == "stopping" and name not in running:
-            log.mark(name, "stopped")  # it went off while the agent was down
-            tally.ok(f"{name} off after a restart")
+    settle_interrupted(before, set(running), log, tally)
     return tally.result("no guest running")
 
 

@@ -10,9 +10,10 @@ start again only what this plan stopped.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -116,3 +117,41 @@ class Tally:
         if self.failed:
             head += f"FAILED {', '.join(self.failed)}: "
         return not self.failed, redact(head + body)
+
+
+def skip_stopped(before: Mapping[str, str], tally: Tally) -> list[str]:
+    """The targets the journal says this plan already stopped (before a restart): never asked
+    again, even if one runs again by now."""
+    behind = [name for name, state in before.items() if state == "stopped"]
+    if behind:
+        tally.ok(f"already stopped before a restart: {', '.join(behind)}")
+    return behind
+
+
+async def stop_together(
+    group: Sequence[str],
+    stop_one: Callable[[str], Awaitable[str]],
+    tally: Tally,
+    describe: Callable[[BaseException], str] = str,
+) -> list[str | BaseException]:
+    """Stop one priority group's targets in parallel; each outcome goes to the tally."""
+    results = await asyncio.gather(*(stop_one(name) for name in group), return_exceptions=True)
+    for name, result in zip(group, results, strict=True):
+        if isinstance(result, asyncio.CancelledError):
+            raise result
+        if isinstance(result, BaseException):
+            tally.fail(name, describe(result))
+        else:
+            tally.ok(result)
+    return results
+
+
+def settle_interrupted(
+    before: Mapping[str, str], running: set[str], log: TargetLog, tally: Tally
+) -> None:
+    """A target journaled `stopping` by an agent that died, and not running now, went off
+    while the agent was down: journaled `stopped`."""
+    for name, state in before.items():
+        if state == "stopping" and name not in running:
+            log.mark(name, "stopped")
+            tally.ok(f"{name} off after a restart")
