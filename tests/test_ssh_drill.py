@@ -72,16 +72,22 @@ def drill(site: Path, scenario: Path, *extra: str) -> subprocess.CompletedProces
     )
 
 
+def drill_site(sshd: Sshd, tmp_path: Path, argv: list[str]) -> tuple[Path, Path, int]:
+    """The site file (its `ssh:` stage runs `argv` on the test sshd), the scenario, and the free
+    port its NUT face is given."""
+    scenario = tmp_path / "ssh-test.yaml"
+    scenario.write_text(SCENARIO)
+    known = sshd.known_hosts(tmp_path / "known_hosts")
+    nut_port = free_port()
+    site = tmp_path / "site.yaml"
+    site.write_text(site_text(sshd, known, argv, nut_port, tmp_path / "state"))
+    return site, scenario, nut_port
+
+
 def test_drill_dry_run_lists_the_remote_command_and_touches_nothing(
     sshd_server: Sshd, tmp_path: Path
 ) -> None:
-    scenario = tmp_path / "ssh-test.yaml"
-    scenario.write_text(SCENARIO)
-    known = sshd_server.known_hosts(tmp_path / "known_hosts")
-    nut_port = free_port()
-    site = tmp_path / "site.yaml"
-    argv = ["systemctl", "poweroff"]
-    site.write_text(site_text(sshd_server, known, argv, nut_port, tmp_path / "state"))
+    site, scenario, nut_port = drill_site(sshd_server, tmp_path, ["systemctl", "poweroff"])
     assert host_power_steps(parse_site(site.read_text())) == [
         "stage remote-hosts: ssh 127.0.0.1: systemctl poweroff"
     ]
@@ -99,13 +105,8 @@ def test_drill_dry_run_lists_the_remote_command_and_touches_nothing(
 def test_real_drill_runs_the_remote_command_once_and_times_it(
     sshd_server: Sshd, tmp_path: Path
 ) -> None:
-    scenario = tmp_path / "ssh-test.yaml"
-    scenario.write_text(SCENARIO)
-    known = sshd_server.known_hosts(tmp_path / "known_hosts")
-    nut_port = free_port()
-    site = tmp_path / "site.yaml"
+    site, scenario, nut_port = drill_site(sshd_server, tmp_path, ["sleep", "1"])
     state = tmp_path / "state"
-    site.write_text(site_text(sshd_server, known, ["sleep", "1"], nut_port, state))
     out = drill(site, scenario)
     assert out.returncode == 0, out.stdout + out.stderr
     assert sshd_server.asked == ["sleep 1"]

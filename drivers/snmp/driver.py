@@ -33,7 +33,7 @@ from facility_agent.drivers.snmp.commands import expand, find
 from facility_agent.drivers.snmp.detect import Choice, detect
 from facility_agent.drivers.snmp.profile import Column, Profile, ProfileError, Table, load_profile
 from facility_agent.drivers.snmp.traps import start_listener
-from facility_agent.drivers.snmp.traps_config import TrapsConfig
+from facility_agent.drivers.snmp.traps_config import TrapsConfig, check_usm_pairs
 from facility_agent.drivers.snmp.wire import Oid, Value, VarBind
 from facility_agent.drivers.valid import UnknownLog, not_a_reading
 
@@ -106,12 +106,7 @@ class SnmpDeviceConfig(DeviceConfig):
         if self.version == "3":
             if not self.user:
                 raise ValueError("version 3 needs user:")
-            if (self.auth_protocol is None) != (self.auth_key is None):
-                raise ValueError("auth_protocol and auth_key go together")
-            if (self.priv_protocol is None) != (self.priv_key is None):
-                raise ValueError("priv_protocol and priv_key go together")
-            if self.priv_protocol and not self.auth_protocol:
-                raise ValueError("privacy (priv_*) needs authentication (auth_*) too")
+            check_usm_pairs(self.auth_protocol, self.auth_key, self.priv_protocol, self.priv_key)
             for key in (self.auth_key, self.priv_key):
                 if key is not None and len(key.get_secret_value()) < 8:
                     raise ValueError("SNMPv3 keys must be at least 8 characters (RFC 3414)")

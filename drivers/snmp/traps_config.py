@@ -8,6 +8,22 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
+def check_usm_pairs(
+    auth_protocol: str | None,
+    auth_key: SecretStr | None,
+    priv_protocol: str | None,
+    priv_key: SecretStr | None,
+) -> None:
+    """An SNMPv3 user's keys, as USM allows them: each protocol with its key, and privacy only
+    with authentication. Shared by the driver's v3 devices and the trap listener's users."""
+    if (auth_protocol is None) != (auth_key is None):
+        raise ValueError("auth_protocol and auth_key go together")
+    if (priv_protocol is None) != (priv_key is None):
+        raise ValueError("priv_protocol and priv_key go together")
+    if priv_protocol and not auth_protocol:
+        raise ValueError("privacy (priv_*) needs authentication (auth_*) too")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -25,12 +41,7 @@ class TrapUser(_Section):
 
     @model_validator(mode="after")
     def _pairs(self) -> TrapUser:
-        if (self.auth_protocol is None) != (self.auth_key is None):
-            raise ValueError("auth_protocol and auth_key go together")
-        if (self.priv_protocol is None) != (self.priv_key is None):
-            raise ValueError("priv_protocol and priv_key go together")
-        if self.priv_protocol and not self.auth_protocol:
-            raise ValueError("privacy (priv_*) needs authentication (auth_*) too")
+        check_usm_pairs(self.auth_protocol, self.auth_key, self.priv_protocol, self.priv_key)
         return self
 
 
