@@ -31,20 +31,12 @@ from facility_agent.policy.journal import Journal
 from tests.fixtures.libvirtd import Libvirtd
 from tests.fixtures.podman import Podman
 from tests.fixtures.procs import Proc, free_port
+from tests.fixtures.simulator import outage_scenario
 from tests.fixtures.sshd import Sshd
 from tests.fixtures.upsmon import start_upsmon
 from tests.test_step_vm import guest
 
-SCENARIO = """\
-name: every-kind
-description: Utility lost at 2 s with a generator that will not crank; back at 30 s.
-duration: 36s
-speed: 1
-steps:
-  - {at: 0s, do: generator.crank_fail}
-  - {at: 2s, do: utility.fail}
-  - {at: 30s, do: utility.restore}
-"""
+SCENARIO = outage_scenario("every-kind", back_at=30, duration=36, fail_at=2, speed=1)
 
 NUT_PW = "face-pw-3f9c"
 

@@ -12,20 +12,12 @@ from facility_agent.config.site import parse_site
 from facility_agent.policy.journal import Journal
 from facility_agent.tools.drill import host_power_steps
 from tests.fixtures.procs import free_port, tcp_open
+from tests.fixtures.simulator import outage_scenario
 from tests.fixtures.sshd import Sshd, keygen
 
 CLI = [sys.executable, "-m", "facility_agent.cli"]
 
-SCENARIO = """\
-name: ssh-test
-description: Utility lost at 1 s with a generator that will not crank; back at 25 s.
-duration: 30s
-speed: 2
-steps:
-  - {at: 0s, do: generator.crank_fail}
-  - {at: 1s, do: utility.fail}
-  - {at: 25s, do: utility.restore}
-"""
+SCENARIO = outage_scenario("ssh-test", back_at=25, duration=30)
 
 
 def site_text(server: Sshd, known: Path, argv: list[str], nut_port: int, state: Path) -> str:
