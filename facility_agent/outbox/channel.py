@@ -5,6 +5,7 @@ output gets rows and how many it may hold (`window`)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from facility_agent.outbox.rows import Row, RowsCallback
@@ -15,21 +16,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Channel:
     """One output's view of the outbox: rows arrive in order through `on_rows`; `ack` removes."""
 
-    def __init__(self, outbox: Outbox, sink: str, on_rows: RowsCallback, window: int) -> None:
-        self.outbox = outbox
-        self.sink = sink
-        self.on_rows = on_rows
-        self.window = window
-        #: Highest seq handed to the output.
-        self.cursor = 0
-        #: True while every committed row of this output has been handed over.
-        self.live = False
-        self.loading = False
-        #: Rows handed over and not yet acknowledged.
-        self.held = 0
+    outbox: Outbox
+    sink: str
+    on_rows: RowsCallback
+    window: int
+    #: Highest seq handed to the output.
+    cursor: int = 0
+    #: True while every committed row of this output has been handed over.
+    live: bool = False
+    loading: bool = False
+    #: Rows handed over and not yet acknowledged.
+    held: int = 0
 
     def ack(self, seq: int) -> None:
         """The output delivered this row: delete it (in the next transaction)."""

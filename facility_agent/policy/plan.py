@@ -133,6 +133,7 @@ async def execute_step(
     return True, str(outcome)
 
 
+@dataclass(eq=False)
 class PlanRunner:
     """Runs the stages of one journaled plan run, from the first stage not yet done.
 
@@ -140,26 +141,18 @@ class PlanRunner:
     failed, per `on_failure`). Each step is marked `started` durably before it runs and
     `done`/`failed` after, so a restart resumes exactly at the step that was interrupted."""
 
-    def __init__(
-        self,
-        journal: Journal,
-        run_id: int,
-        stages: list[StageConfig],
-        ctx: StepContext,
-        on_step: StepListener | None = None,
-        execute: Callable[[StepConfig, StepContext], Awaitable[tuple[bool, str]]] = execute_step,
-    ) -> None:
-        self.journal = journal
-        self.run_id = run_id
-        self.stages = stages
-        self.ctx = ctx
-        self.on_step = on_step
-        self.execute = execute
-        self.stage = 0
-        self.failed = False
-        self.no_return_reached = False
-        #: A stage with `notify_nut_secondaries` has begun: the NUT face shows FSD.
-        self.secondaries_notified = False
+    journal: Journal
+    run_id: int
+    stages: list[StageConfig]
+    ctx: StepContext
+    on_step: StepListener | None = None
+    execute: Callable[[StepConfig, StepContext], Awaitable[tuple[bool, str]]] = execute_step
+    #: The stage running now (or next, while none is).
+    stage: int = field(default=0, init=False)
+    failed: bool = field(default=False, init=False)
+    no_return_reached: bool = field(default=False, init=False)
+    #: A stage with `notify_nut_secondaries` has begun: the NUT face shows FSD.
+    secondaries_notified: bool = field(default=False, init=False)
 
     @property
     def past_no_return(self) -> bool:
