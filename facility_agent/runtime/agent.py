@@ -17,7 +17,7 @@ from facility_agent.policy.engine import PolicyEngine
 from facility_agent.runtime.faults import Faults, part_name
 from facility_agent.runtime.poller import DevicePoller, PollFailed, PollOk, PollOutcome
 from facility_agent.runtime.state import SiteState, Transition
-from facility_agent.runtime.supervise import Supervisor
+from facility_agent.runtime.supervise import Supervisor, cancel_all
 
 T = TypeVar("T")
 
@@ -114,11 +114,9 @@ class Agent:
         """Stop polling a device and close its driver. `forget`: the device is gone from the
         site, so its state, task health and retained state are cleared too; without it (a
         changed device) the last state is kept, so the new driver raises no false event."""
-        for task in list(self._tasks):
-            if task.get_name() == f"poll:{device}":
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                self._tasks.remove(task)
+        mine = [task for task in self._tasks if task.get_name() == f"poll:{device}"]
+        await cancel_all(mine)
+        self._tasks = [task for task in self._tasks if task not in mine]
         self.pollers.pop(device, None)
         driver = self.drivers.pop(device, None)
         if driver is not None:
@@ -230,9 +228,7 @@ class Agent:
                 log.exception("stopping the policy engine failed")
         for name in list(self.services):
             await self._stop_service(name)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         self._tasks.clear()
         for device, driver in self.drivers.items():
             await _close(device, driver)

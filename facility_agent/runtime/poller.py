@@ -135,6 +135,7 @@ class DevicePoller:
         while True:
             started = time.monotonic()
             outcome = await self.poll_once()
+            _honour_cancel()
             try:
                 self.report(outcome)
             except Exception:
@@ -149,3 +150,14 @@ class DevicePoller:
             async with asyncio.timeout(delay):
                 await self._wake.wait()
         self._wake.clear()
+
+
+def _honour_cancel() -> None:
+    """Raise the cancellation a driver's library swallowed. On Python 3.11 `asyncio.wait_for`
+    loses a cancel that arrives as its inner future completes (gh-86296); pymodbus awaits each
+    reply that way, so a poller cancelled at that instant got its reply instead and polled on
+    for ever, and `agent.stop()` with it (a drill that never ended, 1 run in ~20). The cancel
+    is still counted on the task (`cancelling()`): honour it here, at our own boundary."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

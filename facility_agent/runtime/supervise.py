@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,3 +123,17 @@ class Supervisor:
                 listener()
             except Exception:
                 log.exception("a supervisor listener failed")
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]], grace: float = 2.0) -> None:
+    """Cancel tasks and wait for them. One still running after `grace` is cancelled again,
+    and again, until it ends: a library inside it may have swallowed the first cancel (Python
+    3.11's `asyncio.wait_for`, gh-86296), and a stop must not wait for ever on it."""
+    pending = {task for task in tasks if not task.done()}
+    for task in pending:
+        task.cancel()
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            log.warning("task %s did not end when cancelled: cancelling it again", task.get_name())
+            task.cancel()

@@ -125,3 +125,59 @@ async def test_alert_interval_polls_faster() -> None:
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert len(driver.calls) >= 6
+
+
+class SwallowsOneCancel(Driver):
+    """What Python 3.11's wait_for does to a cancel that lands as its reply arrives (pymodbus
+    awaits every reply that way): the poll returns its answer and the cancel is gone."""
+
+    name = "swallow"
+    swallowed = 0
+
+    async def poll(self) -> Sample:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            if SwallowsOneCancel.swallowed:
+                raise
+            SwallowsOneCancel.swallowed += 1
+        return Sample(self.config.id, utcnow(), (), {"x": 1})
+
+
+async def test_a_cancel_a_driver_swallowed_still_stops_the_poller() -> None:
+    SwallowsOneCancel.swallowed = 0
+    cfg = DeviceConfig(id="s", driver="swallow", interval=0.05, jitter=0)
+    outcomes: list[object] = []
+    poller = DevicePoller(SwallowsOneCancel(cfg), outcomes.append)
+    task = asyncio.create_task(poller.run())
+    try:
+        await asyncio.sleep(0.1)  # inside the driver's poll
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=3)
+        assert task in done and task.cancelled(), "the poller polled on after its cancel"
+        assert SwallowsOneCancel.swallowed == 1 and len(outcomes) <= 1
+    finally:
+        task.cancel()  # a second cancel is not swallowed: the test never leaves it running
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_cancel_all_cancels_again_a_task_that_swallowed_the_first() -> None:
+    from facility_agent.runtime.supervise import cancel_all
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed > 1:
+                    raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await cancel_all([task], grace=0.2)
+    assert task.cancelled() and swallowed == 2 and time.monotonic() - started < 5
