@@ -25,6 +25,7 @@ from facility_agent.policy.plan import PlanRunner, StepContext
 from facility_agent.runtime import agent as agent_module
 from facility_agent.runtime.agent import Agent
 from facility_agent.runtime.state import SiteState
+from tests.fixtures.plan_steps import run_plan
 from tests.fixtures.podman import Podman
 from tests.fixtures.procs import Proc
 from tests.fixtures.sshd import Sshd, start_sshd
@@ -32,7 +33,7 @@ from tests.fixtures.world import WORLD, WorldDriver
 from tests.test_policy_site import until
 from tests.test_step_containers import names  # noqa: F401 (a fixture)
 from tests.test_step_containers import stage as container_stage
-from tests.test_step_vm import run_plan, site_uri, vm_stage  # noqa: F401 (site_uri: a fixture)
+from tests.test_step_vm import site_uri, vm_stage  # noqa: F401 (site_uri: a fixture)
 
 HV = "qemu+ssh://agent:hv-secret@hv1/system"
 SOCK = "unix:///run/podman/podman.sock"

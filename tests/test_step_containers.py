@@ -3,36 +3,18 @@ the docker SDK exactly as the agent talks to Docker."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from facility_agent.runtime.agent import Agent
 from facility_agent.simulators.serve import RunningSimulator
+from tests.fixtures.plan_steps import kill_9_while_stopping, run_plan
 from tests.fixtures.podman import Podman
 from tests.fixtures.procs import Proc
-from tests.test_policy_engine import (  # noqa: F401 (_world: the in-process devices)
-    Recorder,
-    _world,
-    make_site,
-    outage,
-    power_back,
-)
-from tests.test_policy_site import (
-    fail_power,
-    journal_state,
-    nut_ups_pair,
-    plan_site,
-    run_agent,
-    until,
-)
-from tests.test_step_vm import _step_detail, _targets, run_plan
+from tests.test_policy_engine import _world, make_site, outage, power_back, running  # noqa: F401 (_world)
 
 PROJECT = "com.docker.compose.project"
 
@@ -128,11 +110,7 @@ async def test_recovery_starts_only_those_stopped_in_reverse_order(
 ) -> None:
     shutdown = make_site(tmp_path).shutdown.model_dump()
     shutdown["stages"] = [stage(podman_service, names)]
-    agent = Agent(make_site(tmp_path, shutdown=shutdown), sinks=[])
-    rec = Recorder(agent)
-    await agent.start()
-    try:
-        await asyncio.sleep(0.3)
+    async with running(tmp_path, shutdown=shutdown) as (agent, rec):
         outage()
         await rec.wait("shutdown.completed", 30)
         power_back()
@@ -147,8 +125,6 @@ async def test_recovery_starts_only_those_stopped_in_reverse_order(
         stopped = [t for t, _ in journal.targets((shut.id, 0, 0))]
         started = journal.targets((back.id, 0, 0))
         assert started == [(t, "started") for t in reversed(stopped)]
-    finally:
-        await agent.stop()
 
 
 async def test_kill_9_mid_containers_step_resumes_neither_repeating_nor_skipping(
@@ -160,32 +136,18 @@ async def test_kill_9_mid_containers_step_resumes_neither_repeating_nor_skipping
 ) -> None:
     order = [names["solo"], names["web"], names["db"]]  # three entries: one after another
     step = {"containers": {"socket": podman_service.url, "names": order, "grace": 3}}
-    devices = nut_ups_pair("127.0.0.1", nut_simulator.nut_port)
     stages = [{"name": "containers", "steps": [{**step, "timeout": 30}]}]
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(plan_site(tmp_path, devices, stages, on_battery_for=0.5)))
-    agent = run_agent(procs, path, tmp_path / "agent1.log")
-    await asyncio.sleep(1.5)
-    fail_power(nut_simulator)
     second = names["web"]
-    await until(lambda: _targets(tmp_path).get(second) == "stopping", 40, f"{second} stopping")
-    assert _targets(tmp_path) == {names["solo"]: "stopped", second: "stopping"}
-    agent.signal(signal.SIGKILL)
-    agent.popen.wait(10)
-    assert journal_state(tmp_path) == "running"
-    again = run_agent(procs, path, tmp_path / "agent2.log")
-    await until(lambda: journal_state(tmp_path) == "completed", 40, "the resumed plan")
-    assert _targets(tmp_path) == {n: "stopped" for n in order}
-    detail = _step_detail(tmp_path)
-    assert f"already stopped before a restart: {names['solo']}" in detail
-    assert f"{names['solo']} stopped in" not in detail
+    got = await kill_9_while_stopping(tmp_path, nut_simulator, procs, stages, second)
+    assert got.at_kill == {names["solo"]: "stopped", second: "stopping"}
+    assert got.after == {n: "stopped" for n in order}
+    assert f"already stopped before a restart: {names['solo']}" in got.detail
+    assert f"{names['solo']} stopped in" not in got.detail
     # The one in the middle: stopped by the engine already (its stop ran on) or now.
-    assert f"{second} stopped in" in detail or f"{second} off after a restart" in detail
-    assert f"{names['db']} stopped in" in detail  # none skipped
+    assert f"{second} stopped in" in got.detail or f"{second} off after a restart" in got.detail
+    assert f"{names['db']} stopped in" in got.detail  # none skipped
     for name in order:
         assert podman_service.status(name) == "exited"
-    again.signal(signal.SIGTERM)
-    assert again.popen.wait(15) == 0
 
 
 async def test_a_container_that_will_not_stop_is_a_named_failure_and_the_plan_goes_on(

@@ -9,41 +9,21 @@ the resume rule (a guest journaled as stopped is not asked again, even if it run
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
-import yaml
 
 from facility_agent.actions import libvirt_guests
 from facility_agent.actions.targets import TargetLog
-from facility_agent.config.policy import StageConfig, VmStep
-from facility_agent.policy.journal import Journal
-from facility_agent.policy.plan import PlanRunner, StepContext, StepOutcome
-from facility_agent.runtime.agent import Agent
+from facility_agent.config.policy import VmStep
 from facility_agent.simulators.serve import RunningSimulator
 from tests.fixtures.libvirtd import Libvirtd
+from tests.fixtures.plan_steps import kill_9_while_stopping, run_plan
 from tests.fixtures.procs import Proc, free_port
-from tests.test_policy_engine import (  # noqa: F401 (_world: the in-process devices)
-    Recorder,
-    _world,
-    make_site,
-    outage,
-    power_back,
-)
-from tests.test_policy_site import (
-    fail_power,
-    journal_state,
-    nut_ups_pair,
-    plan_site,
-    run_agent,
-    until,
-)
+from tests.test_policy_engine import _world, make_site, outage, power_back, running  # noqa: F401 (_world)
 
 NS = "http://libvirt.org/schemas/domain/test/1.0"
 
@@ -85,23 +65,6 @@ def active(uri: str) -> set[str]:
 def vm_stage(uri: str, timeout: float = 1.5, **vm: Any) -> dict[str, Any]:
     step = {"vm": {"uri": uri, "guests": ["db-*", "hung", "web-*"], **vm}, "timeout": timeout}
     return {"name": "guests", "steps": [step]}
-
-
-async def run_plan(
-    tmp_path: Path, stages: list[dict[str, Any]], dry_run: bool = False
-) -> tuple[Journal, int, bool, list[StepOutcome]]:
-    journal = Journal(tmp_path / "journal.sqlite")
-    run = journal.start_run("shutdown", "test")
-    outcomes: list[StepOutcome] = []
-    runner = PlanRunner(
-        journal,
-        run,
-        [StageConfig.model_validate(s) for s in stages],
-        StepContext({}, dry_run=dry_run),
-        outcomes.append,
-    )
-    ok = await runner.run()
-    return journal, run, ok, outcomes
 
 
 async def test_guests_stop_in_priority_order_and_the_hung_one_is_destroyed(
@@ -180,11 +143,7 @@ async def test_recovery_starts_only_the_stopped_guests_in_reverse_order(
 ) -> None:
     shutdown = make_site(tmp_path).shutdown.model_dump()
     shutdown["stages"] = [vm_stage(site_uri, timeout=0.5)]
-    agent = Agent(make_site(tmp_path, shutdown=shutdown), sinks=[])
-    rec = Recorder(agent)
-    await agent.start()
-    try:
-        await asyncio.sleep(0.3)
+    async with running(tmp_path, shutdown=shutdown) as (agent, rec):
         outage()
         await rec.wait("shutdown.completed", 15)
         assert active(site_uri) == set()
@@ -203,25 +162,6 @@ async def test_recovery_starts_only_the_stopped_guests_in_reverse_order(
         ]
         steps = [e for e in rec.events if e.type == "recovery.step"]
         assert steps and "start vm db-*, hung, web-*" in steps[0].message
-    finally:
-        await agent.stop()
-
-
-def _targets(tmp_path: Path) -> dict[str, str]:
-    db = tmp_path / "state" / "journal.sqlite"
-    if not db.exists():
-        return {}
-    with sqlite3.connect(db) as con:
-        try:
-            return dict(con.execute("SELECT target, state FROM targets").fetchall())
-        except sqlite3.OperationalError:  # the agent has not created its tables yet
-            return {}
-
-
-def _step_detail(tmp_path: Path) -> str:
-    with sqlite3.connect(tmp_path / "state" / "journal.sqlite") as con:
-        row = con.execute("SELECT detail FROM steps WHERE stage = 0 AND step = 0").fetchone()
-    return str(row[0])
 
 
 async def test_kill_9_mid_vm_step_resumes_neither_repeating_nor_skipping(
@@ -230,29 +170,16 @@ async def test_kill_9_mid_vm_step_resumes_neither_repeating_nor_skipping(
     nut_simulator: RunningSimulator,
     procs: Callable[..., Proc],
 ) -> None:
-    devices = nut_ups_pair("127.0.0.1", nut_simulator.nut_port)
-    stages = [vm_stage(site_uri, timeout=4)]
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(plan_site(tmp_path, devices, stages, on_battery_for=0.5)))
-    agent = run_agent(procs, path, tmp_path / "agent1.log")
-    await asyncio.sleep(1.5)
-    fail_power(nut_simulator)
-    # In the middle: db-1 is behind, hung is being waited for, web-* are still to come.
-    await until(lambda: _targets(tmp_path).get("hung") == "stopping", 30, "hung stopping")
-    assert _targets(tmp_path) == {"db-1": "stopped", "hung": "stopping"}
-    agent.signal(signal.SIGKILL)
-    agent.popen.wait(10)
-    assert journal_state(tmp_path) == "running"
-    again = run_agent(procs, path, tmp_path / "agent2.log")
-    await until(lambda: journal_state(tmp_path) == "completed", 40, "the resumed plan")
-    assert _targets(tmp_path) == {n: "stopped" for n in ("db-1", "hung", "web-1", "web-2")}
-    detail = _step_detail(tmp_path)
-    assert "already stopped before a restart: db-1" in detail  # not asked again
-    assert "db-1 shut down" not in detail
-    assert "hung destroyed after 4 s" in detail  # the one in the middle: asked again
-    assert "web-1 shut down" in detail and "web-2 shut down" in detail  # none skipped
-    again.signal(signal.SIGTERM)
-    assert again.popen.wait(15) == 0
+    # Killed in the middle: db-1 is behind, hung is being waited for, web-* are still to come.
+    got = await kill_9_while_stopping(
+        tmp_path, nut_simulator, procs, [vm_stage(site_uri, timeout=4)], "hung"
+    )
+    assert got.at_kill == {"db-1": "stopped", "hung": "stopping"}
+    assert got.after == {n: "stopped" for n in ("db-1", "hung", "web-1", "web-2")}
+    assert "already stopped before a restart: db-1" in got.detail  # not asked again
+    assert "db-1 shut down" not in got.detail
+    assert "hung destroyed after 4 s" in got.detail  # the one in the middle: asked again
+    assert "web-1 shut down" in got.detail and "web-2 shut down" in got.detail  # none skipped
 
 
 async def test_against_a_real_libvirtd_another_connection_sees_the_guests_off(

@@ -21,6 +21,7 @@ from facility_agent.actions.targets import (
     TargetLog,
     settle_interrupted,
     skip_stopped,
+    start_each,
     stop_together,
 )
 from facility_agent.config.policy import ContainersStep
@@ -89,9 +90,16 @@ async def _stop(api: Any, name: str, cfg: ContainersStep, log: TargetLog) -> str
     except _ERRORS as exc:
         log.mark(name, "failed")
         raise RuntimeError(f"{name} will not stop: {_message(exc)}") from exc
-    took = time.monotonic() - started
-    log.mark(name, "stopped", took)
+    took = log.stopped(name, started)
     return f"{name} stopped in {took:.1f} s (exit {code})"
+
+
+async def _start(api: Any, name: str) -> bool:
+    container = await asyncio.to_thread(api.containers.get, name)
+    if container.status == "running":
+        return True
+    await asyncio.to_thread(container.start)
+    return False
 
 
 async def stop_containers(
@@ -141,22 +149,7 @@ async def start_containers(
         tally.fail(cfg.socket, f"cannot reach the container engine: {_message(exc)}")
         return tally.result("")
     try:
-        for name in names:
-            if log.states().get(name) == "started":
-                continue
-            log.mark(name, "starting")
-            started = time.monotonic()
-            try:
-                c = await asyncio.to_thread(api.containers.get, name)
-                if c.status == "running":
-                    tally.ok(f"{name} already running")
-                else:
-                    await asyncio.to_thread(c.start)
-                    tally.ok(f"{name} started in {time.monotonic() - started:.1f} s")
-                log.mark(name, "started", time.monotonic() - started)
-            except _ERRORS as exc:
-                log.mark(name, "failed")
-                tally.fail(name, f"{name}: {_message(exc)}")
+        await start_each(names, lambda n: _start(api, n), log, tally, _ERRORS, _message)
         return tally.result("nothing this plan stopped")
     finally:
         await asyncio.to_thread(api.close)

@@ -26,6 +26,7 @@ from facility_agent.actions.targets import (
     public_uri,
     settle_interrupted,
     skip_stopped,
+    start_each,
     stop_together,
 )
 from facility_agent.config.policy import VmStep
@@ -115,8 +116,7 @@ async def _stop(conn: Any, name: str, cfg: VmStep, timeout: float, log: TargetLo
     while True:
         try:
             if not await asyncio.to_thread(_active, conn, name):
-                took = time.monotonic() - started
-                log.mark(name, "stopped", took)
+                took = log.stopped(name, started)
                 return f"{name} shut down in {took:.1f} s"
         except libvirt.libvirtError as exc:
             log.mark(name, "failed")
@@ -133,8 +133,7 @@ async def _stop(conn: Any, name: str, cfg: VmStep, timeout: float, log: TargetLo
         if await asyncio.to_thread(_active, conn, name):
             log.mark(name, "failed")
             raise RuntimeError(f"{name} could not be destroyed: {_message(exc)}") from exc
-    took = time.monotonic() - started
-    log.mark(name, "stopped", took)
+    log.stopped(name, started)
     return f"{name} destroyed after {timeout:g} s{refused}"
 
 
@@ -174,6 +173,14 @@ async def stop_guests(
     return tally.result("no guest running")
 
 
+async def _start(conn: Any, name: str) -> bool:
+    dom = await asyncio.to_thread(conn.lookupByName, name)
+    if await asyncio.to_thread(dom.isActive):
+        return True
+    await asyncio.to_thread(dom.create)
+    return False
+
+
 async def start_guests(cfg: VmStep, names: list[str], log: TargetLog) -> tuple[bool, str]:
     """Recovery: start `names` (already in reverse stop order) one after another."""
     tally = Tally(f"libvirt {public_uri(cfg.uri)}")
@@ -182,22 +189,8 @@ async def start_guests(cfg: VmStep, names: list[str], log: TargetLog) -> tuple[b
     except libvirt.libvirtError as exc:
         tally.fail(public_uri(cfg.uri), f"cannot reach libvirt: {_message(exc)}")
         return tally.result("")
-    for name in names:
-        if log.states().get(name) == "started":
-            continue
-        log.mark(name, "starting")
-        started = time.monotonic()
-        try:
-            dom = await asyncio.to_thread(conn.lookupByName, name)
-            if await asyncio.to_thread(dom.isActive):
-                tally.ok(f"{name} already running")
-            else:
-                await asyncio.to_thread(dom.create)
-                tally.ok(f"{name} started in {time.monotonic() - started:.1f} s")
-            log.mark(name, "started", time.monotonic() - started)
-        except libvirt.libvirtError as exc:
-            log.mark(name, "failed")
-            tally.fail(name, f"{name}: {_message(exc)}")
+    errors = (libvirt.libvirtError,)
+    await start_each(names, lambda n: _start(conn, n), log, tally, errors, _message)
     return tally.result("nothing this plan stopped")
 
 

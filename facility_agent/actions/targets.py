@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,12 @@ class TargetLog:
         self.journal.target_mark(self.position, target, state, duration)
         if state == "stopped" and duration is not None:
             self.timed(target, duration)
+
+    def stopped(self, target: str, since: float) -> float:
+        """Journal `target` stopped, asked at monotonic time `since`; returns what it took."""
+        took = time.monotonic() - since
+        self.mark(target, "stopped", took)
+        return took
 
     def timed(self, target: str, duration: float) -> None:
         """Journal what a target took, for the plan's learned duration (policy/durations.py)."""
@@ -155,3 +162,30 @@ def settle_interrupted(
         if state == "stopping" and name not in running:
             log.mark(name, "stopped")
             tally.ok(f"{name} off after a restart")
+
+
+async def start_each(
+    names: Sequence[str],
+    start_one: Callable[[str], Awaitable[bool]],
+    log: TargetLog,
+    tally: Tally,
+    errors: tuple[type[Exception], ...],
+    describe: Callable[[Exception], str],
+) -> None:
+    """Recovery: start `names` (already in reverse stop order) one after another. `start_one`
+    says whether the target was running already; one journaled `started` (by an agent that
+    died) is not asked again, and one that fails does not keep the others down."""
+    for name in names:
+        if log.states().get(name) == "started":
+            continue
+        log.mark(name, "starting")
+        started = time.monotonic()
+        try:
+            was_running = await start_one(name)
+        except errors as exc:
+            log.mark(name, "failed")
+            tally.fail(name, f"{name}: {describe(exc)}")
+            continue
+        took = time.monotonic() - started
+        tally.ok(f"{name} already running" if was_running else f"{name} started in {took:.1f} s")
+        log.mark(name, "started", took)
