@@ -103,7 +103,6 @@ def test_expected_duration_from_recorded_target_times(tmp_path: Path) -> None:
     assert plan.steps[3][0].bounded == ["device ups-a shutdown.return"]
 
     engine = PolicyEngine(
-        "lab1",
         parse_policy(tmp_path, STAGES),
         SiteState("lab1"),
         {},
@@ -123,7 +122,6 @@ def test_nothing_measured_keeps_the_configured_guess_and_drills_fill_in(tmp_path
 
     def expected() -> float:
         engine = PolicyEngine(
-            "lab1",
             policy,
             SiteState("lab1"),
             {},

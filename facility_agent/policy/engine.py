@@ -80,7 +80,6 @@ class PolicyEngine:
 
     def __init__(
         self,
-        site: str,
         policy: PolicyConfig,
         state: SiteState,
         drivers: Mapping[str, Driver],
@@ -93,7 +92,6 @@ class PolicyEngine:
         clock: Callable[[], float] = time.monotonic,
         supervisor: Supervisor | None = None,
     ) -> None:
-        self.site = site
         self.policy = policy
         self.state = state
         self.drivers = drivers
@@ -128,6 +126,11 @@ class PolicyEngine:
         self._recover_held = Held(policy.recovery.stable_for if policy.recovery else 0.0)
         #: Per trigger: how long its input has been unknown (policy.trigger_blind).
         self._blind: dict[str, Blind] = {}
+
+    @property
+    def site(self) -> str:
+        """The site's name, as the state it decides on knows it."""
+        return self.state.site
 
     def reconfigure(self, new: PolicyConfig) -> list[str]:
         """Swap in a reloaded policy: evaluators of unchanged groups keep their debounce

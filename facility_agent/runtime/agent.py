@@ -206,7 +206,6 @@ class Agent:
     def new_policy_engine(self) -> PolicyEngine:
         """The policy engine for the current config, journaling under the state directory."""
         return PolicyEngine(
-            self.config.site,
             self.config.policy,
             self.state,
             self.drivers,

@@ -7,9 +7,12 @@ reading, so the same flags polled twice never raise the same alarm twice.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.resources import files
+
+import yaml
 
 from facility_agent.core.model import DeviceState, Event, EventType, MetricValue, Sample, Severity
 
@@ -51,71 +54,13 @@ def _with_battery(text: str, metrics: Mapping[str, MetricValue]) -> str:
 
 
 @dataclass(frozen=True)
-class FlagRule:
-    """An event raised when a status flag appears (and optionally one when it clears)."""
+class FlagEvent:
+    """An event a status flag raises on its arrival (and optionally one when it goes), as data:
+    the built-in power rules of config/status-flags.yaml, and those a driver declares (a Modbus
+    profile's genset alarms ...).
 
-    flag: str
-    raised: EventType
-    severity: Severity
-    text: Callable[[str, Mapping[str, MetricValue]], str]
-    cleared: EventType | None = None
-    cleared_text: Callable[[str, Mapping[str, MetricValue]], str] | None = None
-
-
-FLAG_RULES: tuple[FlagRule, ...] = (
-    FlagRule(
-        "OB",
-        EventType.POWER_ON_BATTERY,
-        Severity.CRITICAL,
-        lambda d, m: _with_battery(f"{d} is on battery", m),
-    ),
-    FlagRule(
-        "LB",
-        EventType.POWER_LOW_BATTERY,
-        Severity.CRITICAL,
-        lambda d, m: _with_battery(f"{d} reports low battery", m),
-        EventType.POWER_BATTERY_OK,
-        lambda d, m: _with_battery(f"{d} battery no longer low", m),
-    ),
-    FlagRule(
-        "FSD",
-        EventType.POWER_FSD,
-        Severity.CRITICAL,
-        lambda d, m: f"{d} is in forced shutdown (FSD)",
-    ),
-    FlagRule(
-        "RB",
-        EventType.POWER_REPLACE_BATTERY,
-        Severity.WARNING,
-        lambda d, m: f"{d} asks for its battery to be replaced",
-    ),
-    FlagRule(
-        "OVER",
-        EventType.POWER_OVERLOAD,
-        Severity.WARNING,
-        lambda d, m: f"{d} is overloaded (load {m.get('ups.load', '?')}%)",
-    ),
-    FlagRule(
-        "BYPASS",
-        EventType.POWER_BYPASS,
-        Severity.WARNING,
-        lambda d, m: f"{d} is on bypass: its load is not protected",
-    ),
-    FlagRule(
-        "OFF",
-        EventType.POWER_OFF,
-        Severity.WARNING,
-        lambda d, m: f"{d} output is off",
-    ),
-)
-
-
-@dataclass(frozen=True)
-class DeclaredFlagEvent:
-    """A flag event a driver declares as data (a Modbus profile's genset alarms ...).
-
-    Messages may name `{device}` and any metric (`{generator.fuel.level}`); a missing one
-    reads `?`."""
+    Messages may name `{device}`, `{battery}` and any metric (`{generator.fuel.level}`); a
+    missing one reads `?`."""
 
     flag: str
     type: str
@@ -125,7 +70,7 @@ class DeclaredFlagEvent:
     cleared_message: str | None = None
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, str]) -> DeclaredFlagEvent:
+    def from_mapping(cls, data: Mapping[str, str]) -> FlagEvent:
         return cls(
             data["flag"],
             data["type"],
@@ -138,9 +83,23 @@ class DeclaredFlagEvent:
     def render(self, template: str, device: str, metrics: Mapping[str, MetricValue]) -> str:
         def one(match: re.Match[str]) -> str:
             key = match.group(1)
-            return device if key == "device" else str(metrics.get(key, "?"))
+            if key == "device":
+                return device
+            if key == "battery":
+                battery = describe_battery(metrics)
+                return f" ({battery})" if battery else ""
+            return str(metrics.get(key, "?"))
 
         return re.sub(r"\{([A-Za-z0-9_.-]+)\}", one, template)
+
+
+def _status_flag_events() -> tuple[FlagEvent, ...]:
+    text = (files("facility_agent.data") / "status-flags.yaml").read_text(encoding="utf-8")
+    return tuple(FlagEvent.from_mapping(rule) for rule in yaml.safe_load(text))
+
+
+#: The events of NUT's status words, raised for every device whatever its driver.
+STATUS_FLAG_EVENTS: tuple[FlagEvent, ...] = _status_flag_events()
 
 
 class SiteState:
@@ -149,11 +108,11 @@ class SiteState:
     def __init__(self, site: str) -> None:
         self.site = site
         self._states: dict[str, DeviceState] = {}
-        self._declared: dict[str, tuple[DeclaredFlagEvent, ...]] = {}
+        self._declared: dict[str, tuple[FlagEvent, ...]] = {}
 
     def declare_flag_events(self, device: str, rules: Iterable[Mapping[str, str]]) -> None:
         """Events a device's own flags mean, on top of the built-in power rules."""
-        self._declared[device] = tuple(DeclaredFlagEvent.from_mapping(r) for r in rules)
+        self._declared[device] = tuple(FlagEvent.from_mapping(r) for r in rules)
 
     def get(self, device: str) -> DeviceState | None:
         return self._states.get(device)
@@ -210,23 +169,7 @@ class SiteState:
         after = set(new.status)
         dev, metrics, ts = new.device, new.metrics, new.ts
         events = []
-        for rule in FLAG_RULES:
-            if rule.flag in after and rule.flag not in before:
-                events.append(
-                    self._event(dev, rule.raised, rule.severity, rule.text(dev, metrics), ts)
-                )
-            elif (
-                rule.flag in before
-                and rule.flag not in after
-                and rule.cleared
-                and rule.cleared_text
-            ):
-                events.append(
-                    self._event(
-                        dev, rule.cleared, Severity.INFO, rule.cleared_text(dev, metrics), ts
-                    )
-                )
-        for d in self._declared.get(dev, ()):
+        for d in (*STATUS_FLAG_EVENTS, *self._declared.get(dev, ())):
             if d.flag in after and d.flag not in before:
                 text = d.render(d.message, dev, metrics)
                 events.append(Event(self.site, dev, d.type, d.severity, text, ts=ts))

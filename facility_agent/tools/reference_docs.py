@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from facility_agent.core.model import EventType
-from facility_agent.runtime.state import FLAG_RULES
+from facility_agent.runtime.state import STATUS_FLAG_EVENTS
 
 #: Events raised outside state.py's flag rules: (type, severity, raised by, when).
 OTHER_EVENTS: tuple[tuple[str, str, str, str], ...] = (
@@ -142,16 +142,16 @@ def render() -> str:
         "",
         "## Event types",
         "",
-        "Raised from a device's status flags (state.py), on the flag's arrival and, where a "
-        "second type is given, when it clears:",
+        "Raised from a device's status flags (config/status-flags.yaml), on the flag's "
+        "arrival and, where a second type is given, when it clears:",
         "",
         "| flag | event | severity | cleared |",
         "|---|---|---|---|",
     ]
-    for rule in FLAG_RULES:
+    for rule in STATUS_FLAG_EVENTS:
         out.append(
-            f"| `{rule.flag}` | `{rule.raised}` | {rule.severity} | "
-            f"{f'`{rule.cleared}`' if rule.cleared else '-'} |"
+            f"| `{rule.flag}` | `{rule.type}` | {rule.severity} | "
+            f"{f'`{rule.cleared_type}`' if rule.cleared_type else '-'} |"
         )
     out.append("| `OB` -> `OL` | `power.on_line` | info | - |")
     out += ["", "Raised by the agent, the policy engine and the trap listener:", ""]

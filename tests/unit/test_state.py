@@ -103,3 +103,39 @@ def test_event_ids_unique_and_state_payload_shape() -> None:
         "status": ["OL", "CHRG"],
         "metrics": {"battery.charge": 100},
     }
+
+
+def test_the_status_flag_rules_are_data_with_the_contracts_types_and_messages() -> None:
+    """config/status-flags.yaml: every type is one the contract names; {battery} and metrics
+    fill in, a metric the device did not report reads `?`, no battery figure adds nothing."""
+    from facility_agent.core.model import EventType
+    from facility_agent.runtime.state import STATUS_FLAG_EVENTS
+
+    known = {str(t) for t in EventType}
+    assert {r.flag for r in STATUS_FLAG_EVENTS} == {
+        "OB",
+        "LB",
+        "FSD",
+        "RB",
+        "OVER",
+        "BYPASS",
+        "OFF",
+    }
+    for rule in STATUS_FLAG_EVENTS:
+        assert rule.type in known and (rule.cleared_type is None or rule.cleared_type in known)
+    st = SiteState("lab1")
+    st.apply_sample("nut", sample("OL"))
+    over = st.apply_sample("nut", sample("OL OVER", 1, ups_load=104))
+    assert [e.message for e in over.events] == ["ups-a is overloaded (load 104%)"]
+    blind = SiteState("lab1")
+    blind.apply_sample("nut", sample("OL"))
+    got = blind.apply_sample("nut", sample("OB LB OVER", 1))
+    assert [e.message for e in got.events] == [
+        "ups-a is on battery",
+        "ups-a reports low battery",
+        "ups-a is overloaded (load ?%)",
+    ]
+    cleared = blind.apply_sample("nut", sample("OB", 2, battery_charge=60))
+    assert [(e.type, e.severity, e.message) for e in cleared.events] == [
+        ("power.battery_ok", "info", "ups-a battery no longer low (charge 60%)")
+    ]
