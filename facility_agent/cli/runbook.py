@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import sqlite3
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
@@ -27,90 +26,14 @@ from facility_agent.config.outputs import redact_url
 from facility_agent.config.policy import ShutdownConfig, StageConfig, StepConfig
 from facility_agent.config.site import ConfigError, SiteConfig, load_site
 from facility_agent.policy.durations import (
-    TIMINGS_SQL,
     estimate_plan,
     estimate_step,
-    medians,
     merged,
 )
 from facility_agent.policy.engine import DRILL_JOURNAL
+from facility_agent.policy.journal import PlanHistory, read_history, read_timings
 
 JOURNAL = "journal.sqlite"
-
-
-# -- the journals, read-only -----------------------------------------------------------------
-
-
-@dataclass
-class StepRow:
-    stage: int
-    step: int
-    label: str
-    state: str
-    duration: float | None
-    detail: str
-
-
-@dataclass
-class RunRow:
-    id: int
-    kind: str
-    state: str
-    reason: str
-    drill: bool
-    started: float
-    ended: float | None
-    steps: list[StepRow] = field(default_factory=list)
-
-    @property
-    def duration(self) -> float | None:
-        return None if self.ended is None else self.ended - self.started
-
-
-def read_runs(path: Path, limit: int = 10) -> list[RunRow]:
-    """The last runs of a plan journal with their steps; [] when there is no journal."""
-    if not path.exists():
-        return []
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return []
-    try:
-        rows = db.execute(
-            "SELECT id, kind, state, reason, drill, started, ended FROM runs "
-            "ORDER BY id DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-        runs = [RunRow(int(r[0]), r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
-        for run in runs:
-            for s in db.execute(
-                "SELECT stage, step, label, state, started, ended, detail FROM steps "
-                "WHERE run_id = ? ORDER BY stage, step",
-                (run.id,),
-            ):
-                took = None if s[5] is None else float(s[5]) - float(s[4])
-                run.steps.append(StepRow(s[0], s[1], s[2], s[3], took, s[6] or ""))
-    except sqlite3.Error:
-        return []
-    finally:
-        db.close()
-    return runs
-
-
-def read_timings(path: Path, kind: str = "shutdown") -> dict[str, float]:
-    """Each target's learned time in a plan journal (read-only); {} for an older journal."""
-    if not path.exists():
-        return {}
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error:
-        return {}
-    try:
-        return medians(db.execute(TIMINGS_SQL, (kind,)).fetchall())
-    except sqlite3.Error:
-        return {}  # a journal written before targets were timed has no `timings`
-    finally:
-        db.close()
 
 
 def default_state_dir(site: SiteConfig) -> Path:
@@ -207,23 +130,23 @@ def step_estimate(step: StepConfig) -> float:
     return float(step.timeout)
 
 
-def learned_steps(runs: list[RunRow], kind: str) -> dict[tuple[int, int], float]:
+def learned_steps(runs: list[PlanHistory], kind: str) -> dict[tuple[int, int], float]:
     """Median duration of each step over the completed runs of a kind."""
     seen: dict[tuple[int, int], list[float]] = {}
-    for run in runs:
-        if run.kind != kind or run.state != "completed":
+    for h in runs:
+        if h.run.kind != kind or h.run.state != "completed":
             continue
-        for s in run.steps:
+        for s in h.steps:
             if s.state == "done" and s.duration is not None:
                 seen.setdefault((s.stage, s.step), []).append(s.duration)
     return {k: statistics.median(v) for k, v in seen.items()}
 
 
-def learned_total(runs: list[RunRow], kind: str) -> float | None:
+def learned_total(runs: list[PlanHistory], kind: str) -> float | None:
     values = [
-        r.duration
-        for r in runs
-        if r.kind == kind and r.state == "completed" and r.duration is not None
+        h.run.duration
+        for h in runs
+        if h.run.kind == kind and h.run.state == "completed" and h.run.duration is not None
     ][:5]
     return statistics.median(values) if values else None
 
@@ -236,8 +159,8 @@ class Inputs:
     site: SiteConfig
     source: Path
     state_dir: Path
-    real: list[RunRow]
-    drills: list[RunRow]
+    real: list[PlanHistory]
+    drills: list[PlanHistory]
     #: Device states (`P/{device}/state` payloads) when read from the broker, else None.
     live: dict[str, dict[str, Any]] | None = None
     #: Each shutdown target's learned time (policy/durations.py): real runs, else drills.
@@ -250,8 +173,8 @@ def gather(site: SiteConfig, source: Path, state_dir: Path | None = None) -> Inp
         site,
         source,
         sdir,
-        read_runs(sdir / JOURNAL, limit=20),
-        read_runs(sdir / DRILL_JOURNAL, limit=20),
+        read_history(sdir / JOURNAL, limit=20),
+        read_history(sdir / DRILL_JOURNAL, limit=20),
         timings=merged(read_timings(sdir / JOURNAL), read_timings(sdir / DRILL_JOURNAL)),
     )
 
@@ -608,16 +531,16 @@ def _history(inp: Inputs) -> list[str]:
                     secs(r.duration),
                     r.reason,
                 ]
-                for r in runs[:10]
+                for r in (h.run for h in runs[:10])
             ],
         )
         last = runs[0]
         if last.steps:
-            out += [f"Steps of run {last.id} ({last.kind}, {last.state}):", ""]
+            out += [f"Steps of run {last.run.id} ({last.run.kind}, {last.run.state}):", ""]
             out += table(
                 ["stage", "step", "outcome", "took", "detail"],
                 [
-                    [s.stage + 1, s.label, s.state, secs(s.duration), s.detail[:120]]
+                    [s.stage + 1, s.label, s.state, secs(s.duration), (s.detail or "")[:120]]
                     for s in last.steps
                 ],
             )

@@ -23,7 +23,9 @@ import sqlite3
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,10 @@ class RunRecord:
     started: float
     ended: float | None
     stage: int
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.ended is None else self.ended - self.started
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +325,68 @@ class Journal:
         """Per target (policy/durations.py keys), the median of its last measured times."""
         self._caught_up()
         return medians(self._db.execute(TIMINGS_SQL, (kind,)).fetchall(), last)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanHistory:
+    """One run of a plan with its steps in plan order, as a reader beside the agent sees it."""
+
+    run: RunRecord
+    steps: tuple[StepRecord, ...]
+
+
+@contextmanager
+def _read_only(path: Path) -> Iterator[sqlite3.Connection | None]:
+    """The journal opened read-only (the runbook may read one the agent is writing, as another
+    user); None when there is none or it cannot be opened."""
+    if not path.exists():
+        yield None
+        return
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        yield None
+        return
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def read_history(path: Path, limit: int = 10) -> list[PlanHistory]:
+    """The last runs of a plan journal, newest first; [] when there is none or it is unreadable."""
+    with _read_only(path) as db:
+        if db is None:
+            return []
+        try:
+            rows = db.execute(
+                "SELECT id, kind, state, reason, drill, started, ended, stage FROM runs"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            step_sql = (
+                "SELECT stage, step, label, state, started, ended, detail FROM steps"
+                " WHERE run_id = ? ORDER BY stage, step"
+            )
+            return [
+                PlanHistory(
+                    _run(r), tuple(StepRecord(*s) for s in db.execute(step_sql, (int(r[0]),)))
+                )
+                for r in rows
+            ]
+        except sqlite3.Error:
+            return []
+
+
+def read_timings(path: Path, kind: str = "shutdown") -> dict[str, float]:
+    """Each target's learned time in a plan journal (read-only); {} for an older journal."""
+    with _read_only(path) as db:
+        if db is None:
+            return {}
+        try:
+            return medians(db.execute(TIMINGS_SQL, (kind,)).fetchall())
+        except sqlite3.Error:
+            return {}  # a journal written before targets were timed has no `timings`
 
 
 def _run(row: tuple[object, ...]) -> RunRecord:
