@@ -8,7 +8,6 @@ tables, counter wrap. v1/v2c go through our own fast client, v3 through pysnmp.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Mapping, Sequence
 from typing import ClassVar, Literal
@@ -17,6 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 
 from facility_agent.core.driver import (
     ActionError,
+    AddCommand,
     AlertFlags,
     DeviceConfig,
     DeviceError,
@@ -156,14 +156,10 @@ class SnmpDriver(Driver):
         return await start_listener(config, hooks)
 
     @classmethod
-    def add_commands(
-        cls,
-        sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-        parents: Sequence[argparse.ArgumentParser],
-    ) -> None:
+    def add_commands(cls, command: AddCommand) -> None:
         from facility_agent.drivers.snmp import record_cmd
 
-        record_cmd.add_parser(sub, parents)
+        record_cmd.add_parser(command)
 
     @classmethod
     async def probe(cls, devices: Sequence[DeviceConfig]) -> bool:

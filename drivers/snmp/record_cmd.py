@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from facility_agent.core.driver import DeviceConfig
+from facility_agent.core.driver import AddCommand, DeviceConfig
 
 
 async def _record(args: argparse.Namespace) -> tuple[list[str], str] | None:
@@ -97,12 +97,9 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    parents: Sequence[argparse.ArgumentParser] = (),
-) -> None:
+def add_parser(command: AddCommand) -> None:
     what = "SNMP tools: `snmp record HOST -o FILE.snmprec` records a walk for a bug report"
-    p = sub.add_parser("snmp", help=what, description=what, parents=list(parents))
+    p = command("snmp", what, cmd_record)  # `record`, the one tool so far (and required)
     tools = p.add_subparsers(dest="tool", required=True)
     r = tools.add_parser(
         "record",
@@ -123,4 +120,3 @@ def add_parser(
     r.add_argument("--priv-protocol", choices=["DES", "3DES", "AES", "AES128", "AES192", "AES256"])
     r.add_argument("--priv-key")
     r.add_argument("--timeout", type=float, default=10.0, help="seconds per request batch")
-    r.set_defaults(func=cmd_record)

@@ -23,14 +23,14 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from facility_agent.core.driver import SubParsers
+    from facility_agent.core.driver import AddCommand
 
 UNIT_NAME = "facility-agent.service"
 POLKIT_RULE = "50-facility-agent-poweroff.rules"
@@ -337,11 +337,11 @@ def _write(path: Path, text: str, mode: int) -> None:
     path.chmod(mode)
 
 
-def add_parser(sub: SubParsers, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+def add_parser(command: AddCommand) -> None:
     from facility_agent.cli.main import DEFAULT_CONFIG
 
     what = "install the systemd unit, the system user and directories; prints the next steps"
-    p = sub.add_parser("install-service", help=what, description=what, parents=list(parents))
+    p = command("install-service", what, install_service)
     p.add_argument(
         "-c", "--config", default=DEFAULT_CONFIG, help="the site file the unit runs with"
     )
@@ -360,4 +360,3 @@ def add_parser(sub: SubParsers, parents: Sequence[argparse.ArgumentParser] = ())
         action="store_true",
         help="print the unit and every file, owner and mode; write nothing",
     )
-    p.set_defaults(func=install_service)

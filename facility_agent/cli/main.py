@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from facility_agent import __version__
@@ -265,33 +265,50 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     add_global_options(common, top=False)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+    def command(
+        name: str,
+        help: str,
+        func: Callable[[argparse.Namespace], int],
+        *,
+        config: bool = False,
+    ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(
             name, help=help, description=help, parents=[common]
         )
+        if config:
+            add_config_option(p)
+        p.set_defaults(func=func)
         return p
 
-    p = command("run", "run the agent in the foreground until SIGTERM/SIGINT")
-    add_config_option(p)
-    p.set_defaults(func=cmd_run)
+    command("run", "run the agent in the foreground until SIGTERM/SIGINT", cmd_run, config=True)
 
-    p = command("check", "validate a site file; list every problem and how to fix it")
-    add_config_option(p)
+    p = command(
+        "check",
+        "validate a site file; list every problem and how to fix it",
+        cmd_check,
+        config=True,
+    )
     p.add_argument(
         "--probe",
         action="store_true",
         help="also ask each SNMP device which profile fits it (check is offline otherwise)",
     )
-    p.set_defaults(func=cmd_check)
 
     from facility_agent.tools import simulate
 
-    p = command("simulate", "serve the bundled simulated site so any client can be pointed at it")
+    p = command(
+        "simulate",
+        "serve the bundled simulated site so any client can be pointed at it",
+        cmd_simulate,
+    )
     simulate.add_arguments(p, positive_float)
-    p.set_defaults(func=cmd_simulate)
 
-    p = command("drill", "play a scenario against the simulated site with this site's real plan")
-    add_config_option(p)
+    p = command(
+        "drill",
+        "play a scenario against the simulated site with this site's real plan",
+        cmd_drill,
+        config=True,
+    )
     p.add_argument(
         "--scenario",
         default="utility-outage",
@@ -315,9 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the drill's NUT face (nut_server:) here, for a test upsmon secondary to "
         "follow [a free loopback port: the site's real secondaries never see a drill's FSD]",
     )
-    p.set_defaults(func=cmd_drill)
 
-    p = command("demo", "run the agent against the simulated site through a scripted outage")
+    p = command(
+        "demo", "run the agent against the simulated site through a scripted outage", cmd_demo
+    )
     p.add_argument("--scenario", default="demo-outage", help="scenario to play")
     p.add_argument(
         "--speed",
@@ -326,7 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated seconds per real second [the scenario's]",
     )
     p.add_argument("--plain", action="store_true", help="plain lines even on a terminal")
-    p.set_defaults(func=cmd_demo)
 
     from facility_agent.cli import install_service as service
     from facility_agent.cli import runbook
@@ -334,10 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     from facility_agent.core.registry import driver_classes
 
     for module in (status_cmd, runbook, service):
-        module.add_parser(sub, parents=[common])
+        module.add_parser(command)
     # Commands of the drivers' own (`snmp record`), found as the drivers are.
     for _, cls in sorted(driver_classes().items()):
-        cls.add_commands(sub, [common])
+        cls.add_commands(command)
     sub.choices["status"].usage_exit = EXIT_STATUS_USAGE
     return parser
 

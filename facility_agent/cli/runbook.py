@@ -25,6 +25,7 @@ from facility_agent.actions.targets import public_uri
 from facility_agent.config.outputs import redact_url
 from facility_agent.config.policy import ShutdownConfig, StageConfig, StepConfig
 from facility_agent.config.site import ConfigError, SiteConfig, load_site
+from facility_agent.core.driver import AddCommand
 from facility_agent.policy.durations import (
     estimate_plan,
     estimate_step,
@@ -604,19 +605,12 @@ def cmd_runbook(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    parents: Sequence[argparse.ArgumentParser] = (),
-) -> None:
-    from facility_agent.cli.main import add_config_option
-
+def add_parser(command: AddCommand) -> None:
     what = "the site's disaster-recovery plan (Markdown or HTML) from the site file"
-    p = sub.add_parser("runbook", help=what, description=what, parents=list(parents))
-    add_config_option(p)
+    p = command("runbook", what, cmd_runbook, config=True)
     p.add_argument("--format", choices=["md", "html"], help="[md, or html for -o *.html]")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.add_argument("--state-dir", help="where the plan journals are [the agent's state dir]")
     p.add_argument(
         "--live", action="store_true", help="read the battery runtime from the broker's states"
     )
-    p.set_defaults(func=cmd_runbook)

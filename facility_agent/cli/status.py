@@ -17,7 +17,6 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ import orjson
 
 if TYPE_CHECKING:
     from facility_agent.config.site import MqttConfig
-    from facility_agent.core.driver import SubParsers
+    from facility_agent.core.driver import AddCommand
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -563,14 +562,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return verdict.code
 
 
-def add_parser(sub: SubParsers, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+def add_parser(command: AddCommand) -> None:
     from facility_agent.cli.main import DEFAULT_CONFIG, positive_float
 
     what = (
         "the site at a glance from the agent's retained MQTT state; exit 0 OK, 1 WARNING, "
         "2 CRITICAL, 3 UNKNOWN, usage errors 3 (monitoring-plugins convention)"
     )
-    p = sub.add_parser("status", help=what, description=what, parents=list(parents))
+    p = command("status", what, cmd_status)
     p.add_argument(
         "-c",
         "--config",
@@ -619,4 +618,3 @@ def add_parser(sub: SubParsers, parents: Sequence[argparse.ArgumentParser] = ())
         default=180.0,
         help="a state older than this is a WARNING [180 s]",
     )
-    p.set_defaults(func=cmd_status)

@@ -17,16 +17,27 @@ import argparse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from facility_agent.core.model import DeviceState, Event, Sample
 from facility_agent.core.units import Duration, Identifier
 
-#: What `add_subparsers()` returns, as a command's `add_parser` takes it (of any parser class:
-#: the CLI's own is an ArgumentParser subclass).
-SubParsers: TypeAlias = "argparse._SubParsersAction[Any]"
+
+class AddCommand(Protocol):
+    """Makes one `facility-agent NAME` command: the global options (--log-level ...), `help` as
+    its description too, `func` its handler (returns the exit code); `config`: it takes the
+    site file (`-c/--config`). Returns the command's parser, for its own arguments."""
+
+    def __call__(
+        self,
+        name: str,
+        help: str,
+        func: Callable[[argparse.Namespace], int],
+        *,
+        config: bool = False,
+    ) -> argparse.ArgumentParser: ...
 
 
 class DeviceConfig(BaseModel):
@@ -169,7 +180,7 @@ class Driver(ABC):
         return None
 
     @classmethod
-    def add_commands(cls, sub: SubParsers, parents: Sequence[argparse.ArgumentParser]) -> None:
+    def add_commands(cls, command: AddCommand) -> None:
         """Add the driver's own `facility-agent` commands (the SNMP driver's `snmp record`)."""
         return None
 
