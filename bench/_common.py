@@ -156,17 +156,24 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def put_section(doc: Path, start: str, end: str, section: str) -> None:
-    """Put `section` (from its `start` marker to its `end` marker) in place of the one between
-    those markers in `doc`, or at its end: each benchmark rewrites only its own section."""
+BENCH_DOC = REPO / "docs" / "benchmarks.md"
+
+
+def put_section(tag: str, title: str, lines: Sequence[str], doc: Path = BENCH_DOC) -> str:
+    """Put a `## title` section of `lines` in place of the one between `<!-- tag:start -->`
+    and `<!-- tag:end -->` in `doc`, or at its end: each benchmark rewrites only its own
+    section. Returns the section."""
+    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+    body = "\n".join(lines).strip("\n")
+    section = f"{start}\n## {title}\n\n{body}\n{end}"
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    section = section.rstrip("\n")
     if start in text and end in text:
         head, rest = text.split(start, 1)
         text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     doc.write_text(text)
+    return section
 
 
 def save_result(name: str, data: dict[str, Any]) -> Path:

@@ -761,7 +761,6 @@ TARGETS: dict[str, Callable[[], Target]] = {
 
 OUT_JSON = REPO / "bench" / "out" / "fuzz.json"
 DOC = REPO / "docs" / "benchmarks.md"
-START, END = "<!-- fuzz:start -->", "<!-- fuzz:end -->"
 
 #: What the fuzzer found while it was written, and the fix at its cause (docs/benchmarks.md).
 FOUND = [
@@ -798,9 +797,6 @@ def _trail(r: dict[str, Any]) -> str:
 
 def render(results: list[dict[str, Any]]) -> list[str]:
     lines = [
-        START,
-        "## Parser fuzzing (`bench/fuzz.py`)",
-        "",
         "Generated and mutated inputs through each parser the agent points at the outside world "
         "(what each target covers, and which typed errors it may raise: the script's docstring). "
         "A crash is any other exception; a hang is an input over 100 ms of CPU (thread CPU "
@@ -846,7 +842,6 @@ def render(results: list[dict[str, Any]]) -> list[str]:
         "",
         "`tests/test_fuzz.py` runs a fixed-seed prefix of each target (about 20 s of inputs "
         "each) in the suite.",
-        END,
     ]
     return lines
 
@@ -862,7 +857,7 @@ def write_docs(results: list[dict[str, Any]]) -> None:
     OUT_JSON.write_text(json.dumps(ordered, indent=2))
     from _common import put_section
 
-    put_section(DOC, START, END, "\n".join(render(ordered)))
+    put_section("fuzz", "Parser fuzzing (`bench/fuzz.py`)", render(ordered), DOC)
     print(f"written {DOC}")
 
 

@@ -23,7 +23,6 @@ import contextlib
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import OUT_DIR, REPO
+from _common import OUT_DIR, REPO, put_section
 
 sys.path.insert(0, str(REPO))
 
@@ -294,12 +293,9 @@ async def fleet_main(n: int, duration: float, targets: list[str]) -> dict[str, A
     return out
 
 
-def fleet_section(data: dict[str, Any]) -> str:
+def fleet_section(data: dict[str, Any]) -> list[str]:
     m = data["machine"]
     lines = [
-        "<!-- ipmi-fleet:start -->",
-        "## IPMI: a fleet of BMCs, each polled every 10 s",
-        "",
         f"Run {m['date']} ({m['cpu']}, nproc {m['nproc']}, load {m['loadavg']}); "
         "`.venv/bin/python bench/ipmi_bench.py --fleet`. One agent process, one driver per BMC "
         "(one thread each, pyghmi in-process), each polled every 10 s with the 10 s deadline, "
@@ -318,8 +314,7 @@ def fleet_section(data: dict[str, Any]) -> str:
             f"| {1000 * r['max_s']:.0f} | {1000 * r['cpu_per_poll_s']:.2f} "
             f"| {100 * r['cpu_share']:.0f} % | {r['rss_mb']:.0f} | {r['threads_max']} |"
         )
-    lines += ["<!-- ipmi-fleet:end -->"]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def machine() -> dict[str, Any]:
@@ -370,11 +365,8 @@ async def main(quick: bool) -> dict[str, Any]:
     return out
 
 
-def section(data: dict[str, Any]) -> str:
+def section(data: dict[str, Any]) -> list[str]:
     lines = [
-        "<!-- ipmi:start -->",
-        "## IPMI: sensor poll per BMC, and BMCs per agent",
-        "",
         f"Run {data['machine']['date']} ({data['machine']['cpu']}, nproc "
         f"{data['machine']['nproc']}, load {data['machine']['loadavg']}); "
         "`.venv/bin/python bench/ipmi_bench.py`. One read = chassis power + every SDR sensor "
@@ -414,17 +406,17 @@ def section(data: dict[str, Any]) -> str:
         "pyghmi as shipped loses wake-ups (a reply that arrives before the caller waits is "
         "noticed only at the retransmit timer): reads took 0.5-1.6 s instead of "
         "milliseconds before the driver's fix (drivers/ipmi/driver.py, `_patch_io_wait`).",
-        "<!-- ipmi:end -->",
     ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def write_doc(data: dict[str, Any], tag: str = "ipmi") -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    new = section(data) if tag == "ipmi" else fleet_section(data)
-    pattern = rf"(?s)<!-- {tag}:start -->.*?<!-- {tag}:end -->\n?"
-    text = re.sub(pattern, new, text) if re.search(pattern, text) else text.rstrip() + "\n\n" + new
-    DOC.write_text(text)
+def write_doc(data: dict[str, Any], fleet: bool = False) -> None:
+    if fleet:
+        put_section(
+            "ipmi-fleet", "IPMI: a fleet of BMCs, each polled every 10 s", fleet_section(data), DOC
+        )
+    else:
+        put_section("ipmi", "IPMI: sensor poll per BMC, and BMCs per agent", section(data), DOC)
 
 
 if __name__ == "__main__":
@@ -443,7 +435,7 @@ if __name__ == "__main__":
         if old.exists() and args.target:  # one target at a time: keep the other's row
             result["fleet"] = {**json.loads(old.read_text()).get("fleet", {}), **result["fleet"]}
         old.write_text(json.dumps(result, indent=2))
-        write_doc(result, "ipmi-fleet")
+        write_doc(result, fleet=True)
     else:
         result = asyncio.run(main(args.quick))
         (OUT_DIR / "ipmi.json").write_text(json.dumps(result, indent=2))

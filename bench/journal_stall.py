@@ -29,7 +29,6 @@ sys.path.insert(0, str(REPO))
 from tests.fixtures.slowdisk import build_shim, measure_in_child
 
 DOC = REPO / "docs" / "benchmarks.md"
-START, END = "<!-- journal:start -->", "<!-- journal:end -->"
 
 
 def run(fsync_list: list[int], repeats: int) -> dict[str, Any]:
@@ -71,9 +70,6 @@ def run(fsync_list: list[int], repeats: int) -> dict[str, Any]:
 
 def write_doc(data: dict[str, Any]) -> None:
     lines = [
-        START,
-        "## Plan journal and the event loop (`bench/journal_stall.py`)",
-        "",
         f"A shutdown plan of 3 stages x 3 steps ({data['rows'][0]['writes']} journal writes, "
         "synchronous=FULL) while a 5 ms heartbeat task measures how late the event loop runs; "
         f"{data['repeats']} runs each. Slow disk: an LD_PRELOAD shim adding the given delay to "
@@ -97,9 +93,8 @@ def write_doc(data: dict[str, Any]) -> None:
         "most) show as well with no slow disk and with the journal on the loop: the noise of "
         "this shared 2-core machine. On a fast disk the hand-off to the writer thread costs a "
         "few ms per write, on the plan's time only.",
-        END,
     ]
-    put_section(DOC, START, END, "\n".join(lines))
+    put_section("journal", "Plan journal and the event loop (`bench/journal_stall.py`)", lines, DOC)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import OUT_DIR, PYTHON, machine_info, put_section, require, wait_until
+from _common import BENCH_DOC, OUT_DIR, PYTHON, machine_info, put_section, require, wait_until
 
 UNIT = 10
 #: The largest block the dse-gencomm profile reads (page 4: 1024..1061).
@@ -136,15 +136,10 @@ def main() -> int:
 # docs/benchmarks.md, between the modbus markers
 # --------------------------------------------------------------------------------------------
 
-START, END = "<!-- modbus:start -->", "<!-- modbus:end -->"
-
 
 def render(out: dict[str, Any]) -> list[str]:
     m = out["machine"]
     lines = [
-        START,
-        "## Modbus RTU on one bus (`bench/modbus_rtu.py`)",
-        "",
         f"FC3 read of {out['count']} registers (the largest block of the `dse-gencomm` profile, "
         "page 4) from the simulator's genset unit, one request after another, "
         f"{out['seconds']:g} s per measurement (mbpoll: one process per request, `-1`). A pty "
@@ -186,14 +181,12 @@ def render(out: dict[str, Any]) -> list[str]:
             "whole RS-485 bus is negligible next to the line itself. mbpoll pays a process per "
             f"request ({ratio:.1f}x the CPU)."
         )
-    lines += [END, ""]
     return lines
 
 
 def write_section(out: dict[str, Any]) -> None:
-    doc = OUT_DIR.parent.parent / "docs" / "benchmarks.md"
-    put_section(doc, START, END, "\n".join(render(out)))
-    print(f"written {doc}")
+    put_section("modbus", "Modbus RTU on one bus (`bench/modbus_rtu.py`)", render(out))
+    print(f"written {BENCH_DOC}")
 
 
 if __name__ == "__main__":

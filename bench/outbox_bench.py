@@ -26,7 +26,16 @@ from typing import Any
 
 import orjson
 import requests
-from _common import REPO, Proc, free_port, machine_info, require, save_result, wait_until
+from _common import (
+    REPO,
+    Proc,
+    free_port,
+    machine_info,
+    put_section,
+    require,
+    save_result,
+    wait_until,
+)
 
 sys.path.insert(0, str(REPO))
 
@@ -368,13 +377,10 @@ async def bench_chat_matrix(root: Path, n: int) -> dict[str, Any] | None:
         proc.stop()
 
 
-def doc_section(r: dict[str, Any]) -> str:
+def doc_section(r: dict[str, Any]) -> list[str]:
     tp, rp, sm, mx = r["throughput"], r["replay"], r["chat_smtp"], r.get("chat_matrix")
     m = r["machine"]
     lines = [
-        "<!-- outputs:start -->",
-        "## Outbox and outputs (`bench/outbox_bench.py`)",
-        "",
         f"Run {m['date']}, load average {m['loadavg']} at start, {m['nproc']} cores (shared).",
         "",
         "### Outbox throughput",
@@ -427,18 +433,11 @@ def doc_section(r: dict[str, Any]) -> str:
             f"| Matrix: apprise `matrix://` to Synapse, read by a user's /sync | {mx['n']} | "
             f"{mx['median_ms']:.0f} | {mx['p95_ms']:.0f} | {mx['max_ms']:.0f} |"
         )
-    lines += ["<!-- outputs:end -->"]
-    return "\n".join(lines)
+    return lines
 
 
-def write_doc(section: str) -> None:
-    old = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    marked = re.compile(r"(?s)<!-- outputs:start -->.*?<!-- outputs:end -->")
-    if marked.search(old):
-        new = marked.sub(lambda _: section, old)
-    else:
-        new = old.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(new)
+def write_doc(lines: list[str]) -> None:
+    put_section("outputs", "Outbox and outputs (`bench/outbox_bench.py`)", lines, DOC)
 
 
 async def main() -> int:

@@ -142,9 +142,6 @@ async def main_async(rounds: int) -> dict[str, Any]:
 
 def write_doc(results: dict[str, Any]) -> None:
     lines = [
-        "<!-- policy:start -->",
-        "## Policy decision latency",
-        "",
         f"`bench/policy_decision.py`, {results['rounds']} rounds per row, devices polled every "
         f"{results['interval_s'] * 1000:.0f} ms, FSD (a trigger with no hold time) set on one UPS.",
         "*decide*: the agent's site state holds FSD -> the plan's first step is called (the "
@@ -167,9 +164,8 @@ def write_doc(results: dict[str, Any]) -> None:
         "The engine decides on the state change itself, not on its 250 ms tick; the decision "
         "includes journaling the run and the step (SQLite, synchronous=FULL: an fsync each) "
         "before the step starts. What an operator waits for is mostly the poll interval.",
-        "<!-- policy:end -->",
     ]
-    put_section(DOC, "<!-- policy:start -->", "<!-- policy:end -->", "\n".join(lines))
+    put_section("policy", "Policy decision latency", lines, DOC)
 
 
 def main() -> None:

@@ -51,7 +51,6 @@ from tests.fixtures.snmp import snmp_answers
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out" / "snmp.json"
 DOC = ROOT / "docs" / "benchmarks.md"
-START, END = "<!-- snmp:start -->", "<!-- snmp:end -->"
 PASS_HELPER = ROOT / "tests" / "fixtures" / "snmp_pass.py"
 UPS = "1.3.6.1.2.1.33.1"
 OUTLETS = "1.3.6.1.4.1.318.1.1.26.9.4.3.1"
@@ -618,12 +617,9 @@ def _cpu(r: dict[str, Any], digits: int) -> str:
     return f"{r['cpu_ms']:.{digits}f}"
 
 
-def render(res: dict[str, Any]) -> str:
+def render(res: dict[str, Any]) -> list[str]:
     m = res["meta"]
     lines = [
-        START,
-        "## SNMP (`bench/snmp_bench.py`)",
-        "",
         f"Run {m['when']}, Python {m['python']}, nproc {m['nproc']}, load average "
         f"{' '.join(f'{x:.2f}' for x in m['load'])} at the end. `c1` = one poll at a time, `c16` "
         "= 16 in flight. CPU is the client's only (the agent runs in its own process); for "
@@ -762,12 +758,7 @@ def render(res: dict[str, Any]) -> str:
             "on what else the (shared, 2-core) machine runs: the agent, the simulator, Mosquitto "
             "and the subscriber share it.",
         ]
-    lines.append(END)
-    return "\n".join(lines) + "\n"
-
-
-def write_doc(section: str) -> None:
-    put_section(DOC, START, END, section)
+    return lines
 
 
 def main() -> int:
@@ -783,9 +774,7 @@ def main() -> int:
         res = asyncio.run(run(args.quick))
         OUT.parent.mkdir(parents=True, exist_ok=True)
         OUT.write_text(json.dumps(res, indent=1))
-    section = render(res)
-    write_doc(section)
-    print(section)
+    print(put_section("snmp", "SNMP (`bench/snmp_bench.py`)", render(res), DOC))
     return 0
 
 
