@@ -53,6 +53,11 @@ def machine_section(det: dict[str, Any] | None, cap: dict[str, Any] | None) -> l
     return [*lines, ""]
 
 
+def latency_part(title: str, start: str, block: dict[str, Any]) -> list[str]:
+    """One peer's part of the detection section: what its start instant is, then its table."""
+    return [f"### {title}", "", start, "", *latency_table(block), ""]
+
+
 def latency_table(block: dict[str, Any]) -> list[str]:
     lines = [
         "| observer | n | median ms | p95 ms | max ms | OB median | OL median | missed |",
@@ -89,9 +94,8 @@ def detection_section(det: dict[str, Any]) -> list[str]:
     if "upsd" in det:
         u = det["upsd"]
         n = det["transitions"]
-        out += [
-            f"### Real upsd + dummy-ups ({n} OB + {n} OL)",
-            "",
+        out += latency_part(
+            f"Real upsd + dummy-ups ({n} OB + {n} OL)",
             "Start: the rename of the dummy-ups `.dev` file (new whole-second mtime, "
             "`pollinterval = 1`). End: upsmon's NOTIFYCMD writing `date +%s.%N` (ONBATT/ONLINE), "
             "or the paho subscriber receiving `power.on_battery`/`power.on_line` on "
@@ -102,10 +106,8 @@ def detection_section(det: dict[str, Any]) -> list[str]:
             "`unshare -m` with a private `/run/nut`: upsmon 2.8.0 keeps its PID file there and "
             "refuses a second instance. Their notification time includes the fork of "
             "NOTIFYCMD, as the agent's includes MQTT.",
-            "",
-            *latency_table(u),
-            "",
-        ]
+            u,
+        )
         floor = med(u, "upsd floor")
         mon5, mon1 = med(u, "upsmon POLLFREQ 5"), med(u, "upsmon POLLFREQ 1")
         ag1, ag025 = med(u, "facility-agent interval 1 s"), med(u, "facility-agent interval 0.25")
@@ -132,9 +134,8 @@ def detection_section(det: dict[str, Any]) -> list[str]:
     if "sim" in det:
         s = det["sim"]
         n = det.get("sim_transitions", "?")
-        out += [
-            f"### The agent against our NUT simulator ({n} OB + {n} OL)",
-            "",
+        out += latency_part(
+            f"The agent against our NUT simulator ({n} OB + {n} OL)",
             "Start: `RunningSimulator.inject('utility.fail')` / `('utility.restore')` in the "
             "benchmark process. The bench site feeds its UPS straight from the utility (no "
             "generator, no ATS), so the UPS is on battery, and back on line, at the instant "
@@ -142,10 +143,8 @@ def detection_section(det: dict[str, Any]) -> list[str]:
             "gives the same OB, but the ATS's 2 s `transfer_delay` would be counted in every "
             "on-line transition. The simulator answers at once (no file polling), so this is "
             "the agent's own share: its poll interval, the poll, the event, MQTT.",
-            "",
-            *latency_table(s),
-            "",
-        ]
+            s,
+        )
         floor = med(s, "simulator floor")
         ag1, ag025 = med(s, "facility-agent interval 1 s"), med(s, "facility-agent interval 0.25")
         out += [
