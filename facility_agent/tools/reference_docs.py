@@ -19,36 +19,13 @@ import yaml
 from facility_agent.core.model import EventType
 from facility_agent.runtime.state import STATUS_FLAG_EVENTS
 
-#: Events raised outside state.py's flag rules: (type, severity, raised by, when).
-OTHER_EVENTS: tuple[tuple[str, str, str, str], ...] = (
-    ("device.comm_lost", "warning/critical", "agent", "a device missed `lost_after` polls "
-     "(critical when last known on battery)"),
-    ("device.comm_restored", "info", "agent", "a lost device answers again"),
-    ("power.low_battery_unconfirmed", "warning", "policy", "LB without corroboration: no shutdown"),
-    ("policy.trigger_blind", "warning", "policy", "a trigger's input stayed unknown `stale_after`: "
-     "it neither fires nor clears"),
-    ("policy.trigger_sees", "info", "policy", "a blind trigger's inputs read again"),
-    ("redundancy.degraded", "warning/critical", "policy", "a group has fewer healthy members "
-     "than all (critical below `min`)"),
-    ("redundancy.lost", "critical", "policy", "no member of a group is healthy any more"),
-    ("redundancy.restored", "info", "policy", "every member of a group is healthy again"),
-    ("shutdown.started", "critical", "policy", "a trigger fired: the plan starts"),
-    ("shutdown.step", "info/warning", "policy", "one step of the plan ended (warning: failed)"),
-    ("shutdown.completed", "critical", "policy", "every stage ran"),
-    ("shutdown.cancelled", "warning", "policy", "power came back before the point of no return"),
-    ("shutdown.failed", "critical", "policy", "a step with `on_failure: stop` failed"),
-    ("recovery.started", "info", "policy", "power back and stable: recovery begins"),
-    ("recovery.step", "info/warning", "policy", "one recovery step ended"),
-    ("recovery.completed", "info", "policy", "the site is back"),
-    ("recovery.failed", "critical", "policy", "a recovery step failed after its retries, or "
-     "recovery raised (data: `error`)"),
-    ("ssh.host_key_changed", "critical", "policy", "an `ssh:` step's host offered a key that "
-     "does not match known_hosts: refused, nothing sent (device: the host)"),
-    ("hook.ok", "info", "policy", "a hook ran and exited 0"),
-    ("hook.failed", "warning", "policy", "a hook failed, timed out or could not start"),
-    ("trap.received", "per profile", "traps", "an SNMP trap no profile names"),
-    ("trap.flood", "warning", "traps", "a sender exceeded the trap rate limit"),
-)  # fmt: skip
+
+def other_events() -> list[dict[str, str]]:
+    """The events raised by the agent, the policy engine and the trap listener (data)."""
+    text = (files("facility_agent.data") / "event-types.yaml").read_text(encoding="utf-8")
+    rows: list[dict[str, str]] = yaml.safe_load(text)
+    return rows
+
 
 #: The policy's own metrics; the drivers describe theirs (`Driver.metrics_doc`).
 POLICY_METRICS = (
@@ -156,8 +133,8 @@ def render() -> str:
     out.append("| `OB` -> `OL` | `power.on_line` | info | - |")
     out += ["", "Raised by the agent, the policy engine and the trap listener:", ""]
     out += ["| event | severity | raised by | when |", "|---|---|---|---|"]
-    for kind, severity, by, when in OTHER_EVENTS:
-        out.append(f"| `{kind}` | {severity} | {by} | {when} |")
+    for ev in other_events():
+        out.append(f"| `{ev['type']}` | {ev['severity']} | {ev['by']} | {ev['when']} |")
     out += ["", "Declared by drivers (their own flags, `Driver.declared_events`) and profiles "
             "(`events:` of Modbus profiles, `traps:` of SNMP ones):", ""]  # fmt: skip
     out += ["| from | flag or trap | event | severity |", "|---|---|---|---|"]
