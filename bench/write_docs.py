@@ -53,6 +53,32 @@ def machine_section(det: dict[str, Any] | None, cap: dict[str, Any] | None) -> l
     return [*lines, ""]
 
 
+#: What the upsd part measures from and to.
+UPSD_START = (
+    "Start: the rename of the dummy-ups `.dev` file (new whole-second mtime, "
+    "`pollinterval = 1`). End: upsmon's NOTIFYCMD writing `date +%s.%N` (ONBATT/ONLINE), "
+    "or the paho subscriber receiving `power.on_battery`/`power.on_line` on "
+    "`facility/<site>/events` (the agent runs in its own process and publishes through "
+    "a private mosquitto). `upsd floor` is when upsd itself answers the new `ups.status` "
+    "(a `GET VAR` every 20 ms): the part every client pays for dummy-ups' file polling. "
+    "Both upsmon instances run as secondaries (`-F -p`, as root), each under "
+    "`unshare -m` with a private `/run/nut`: upsmon 2.8.0 keeps its PID file there and "
+    "refuses a second instance. Their notification time includes the fork of "
+    "NOTIFYCMD, as the agent's includes MQTT."
+)
+
+#: What the simulator part measures from and to.
+SIM_START = (
+    "Start: `RunningSimulator.inject('utility.fail')` / `('utility.restore')` in the "
+    "benchmark process. The bench site feeds its UPS straight from the utility (no "
+    "generator, no ATS), so the UPS is on battery, and back on line, at the instant "
+    "of the injection: with the bundled site, `generator.crank_fail` + `utility.fail` "
+    "gives the same OB, but the ATS's 2 s `transfer_delay` would be counted in every "
+    "on-line transition. The simulator answers at once (no file polling), so this is "
+    "the agent's own share: its poll interval, the poll, the event, MQTT."
+)
+
+
 def latency_part(title: str, start: str, block: dict[str, Any]) -> list[str]:
     """One peer's part of the detection section: what its start instant is, then its table."""
     return [f"### {title}", "", start, "", *latency_table(block), ""]
@@ -96,16 +122,7 @@ def detection_section(det: dict[str, Any]) -> list[str]:
         n = det["transitions"]
         out += latency_part(
             f"Real upsd + dummy-ups ({n} OB + {n} OL)",
-            "Start: the rename of the dummy-ups `.dev` file (new whole-second mtime, "
-            "`pollinterval = 1`). End: upsmon's NOTIFYCMD writing `date +%s.%N` (ONBATT/ONLINE), "
-            "or the paho subscriber receiving `power.on_battery`/`power.on_line` on "
-            "`facility/<site>/events` (the agent runs in its own process and publishes through "
-            "a private mosquitto). `upsd floor` is when upsd itself answers the new `ups.status` "
-            "(a `GET VAR` every 20 ms): the part every client pays for dummy-ups' file polling. "
-            "Both upsmon instances run as secondaries (`-F -p`, as root), each under "
-            "`unshare -m` with a private `/run/nut`: upsmon 2.8.0 keeps its PID file there and "
-            "refuses a second instance. Their notification time includes the fork of "
-            "NOTIFYCMD, as the agent's includes MQTT.",
+            UPSD_START,
             u,
         )
         floor = med(u, "upsd floor")
@@ -136,13 +153,7 @@ def detection_section(det: dict[str, Any]) -> list[str]:
         n = det.get("sim_transitions", "?")
         out += latency_part(
             f"The agent against our NUT simulator ({n} OB + {n} OL)",
-            "Start: `RunningSimulator.inject('utility.fail')` / `('utility.restore')` in the "
-            "benchmark process. The bench site feeds its UPS straight from the utility (no "
-            "generator, no ATS), so the UPS is on battery, and back on line, at the instant "
-            "of the injection: with the bundled site, `generator.crank_fail` + `utility.fail` "
-            "gives the same OB, but the ATS's 2 s `transfer_delay` would be counted in every "
-            "on-line transition. The simulator answers at once (no file polling), so this is "
-            "the agent's own share: its poll interval, the poll, the event, MQTT.",
+            SIM_START,
             s,
         )
         floor = med(s, "simulator floor")
