@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import unquote, urlsplit
@@ -63,30 +63,23 @@ class _Unauthorized(Exception):
     """The stored or given token is no longer valid: log in again (same device)."""
 
 
+@dataclass(eq=False)
 class MatrixCommands:
     """One route's command reader; `on_command(sender, text)` is called for each `!` message."""
 
-    def __init__(
-        self,
-        target: MatrixTarget,
-        on_command: Callable[[str, str], None],
-        *,
-        name: str,
-        where: str,
-        session_file: Path | None = None,
-    ) -> None:
-        self.target = target
-        self.on_command = on_command
-        self.name = name
-        self.where = where
-        self.session_file = session_file
-        self.client: Any = None
-        self.room_id: str | None = None
-        self.since: str | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
-        #: Password logins done by this reader (a restart with a stored session does none).
-        self.logins = 0
+    target: MatrixTarget
+    on_command: Callable[[str, str], None]
+    _: KW_ONLY
+    name: str
+    where: str
+    session_file: Path | None = None
+    client: Any = field(default=None, init=False)
+    room_id: str | None = field(default=None, init=False)
+    since: str | None = field(default=None, init=False)
+    task: asyncio.Task[None] | None = field(default=None, init=False)
+    ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    #: Password logins done by this reader (a restart with a stored session does none).
+    logins: int = field(default=0, init=False)
 
     async def run(self) -> None:
         """Log in, join, sync; on trouble back off (1 s doubling to 60 s) and carry on."""
