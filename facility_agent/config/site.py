@@ -323,7 +323,10 @@ def parse_site(
                 sections[key] = section_model.model_validate(raw_section)
             except ValidationError as exc:
                 errors.extend(_pydantic_problems(exc, (key,), section_model))
-    data.pop("sections", None)  # not a key of the file: filled from the drivers' sections above
+    if "sections" in data:  # a field of SiteConfig, filled from the drivers' sections above
+        data.pop("sections")
+        owned = ", ".join(sorted(f"{k}:" for c in known.values() for k in c.site_sections))
+        errors.append((("sections",), f"unknown key (drivers' own sections: {owned or 'none'})"))
 
     site: SiteConfig | None = None
     try:

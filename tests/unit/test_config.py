@@ -202,3 +202,10 @@ def test_bundled_example_site_is_valid() -> None:
     )
     assert missing.returncode == 1
     assert "environment variable INFLUX_TOKEN is not set" in missing.stderr
+
+
+def test_sections_is_not_a_key_of_the_file() -> None:
+    """SiteConfig.sections holds what drivers' own top-level sections (traps:) parsed to; a
+    `sections:` key in the file is a mistake to report, not to drop silently."""
+    found = problems("site: lab1\nsections: {traps: {listen: '0.0.0.0:162'}}\ndevices: []\n")
+    assert found == ["sections (line 2): unknown key (drivers' own sections: none)"]
