@@ -18,7 +18,6 @@ def add_arguments(p: argparse.ArgumentParser, positive: Callable[[str], Any]) ->
     p.add_argument(
         "--sim-site",
         "--site",  # the old spelling, kept for scripts
-        dest="sim_site",
         metavar="FILE",
         help="simulated site file [the bundled sim-site.yaml]",
     )
@@ -27,7 +26,6 @@ def add_arguments(p: argparse.ArgumentParser, positive: Callable[[str], Any]) ->
     p.add_argument(
         "--listen",
         "--host",  # the old spelling, kept for scripts
-        dest="listen",
         default="127.0.0.1",
         metavar="ADDRESS",
         help="address the faces listen on",
