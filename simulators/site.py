@@ -227,18 +227,32 @@ class _Equipment:
         return self.cfg.name
 
 
+class _Source:
+    """A power source: its config's voltage and frequency while it is live, none otherwise."""
+
+    cfg: UtilityConfig | GeneratorConfig
+
+    @property
+    def live(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def voltage(self) -> float:
+        return self.cfg.voltage if self.live else 0.0
+
+    @property
+    def frequency(self) -> float:
+        return self.cfg.frequency if self.live else 0.0
+
+
 @dataclass
-class Utility:
+class Utility(_Source):
     cfg: UtilityConfig
     up: bool = True
 
     @property
-    def voltage(self) -> float:
-        return self.cfg.voltage if self.up else 0.0
-
-    @property
-    def frequency(self) -> float:
-        return self.cfg.frequency if self.up else 0.0
+    def live(self) -> bool:
+        return self.up
 
 
 GeneratorState = Literal["stopped", "cranking", "warming", "running", "cooling", "fault"]
@@ -248,7 +262,7 @@ ALWAYS = 1_000_000
 
 
 @dataclass
-class Generator(_Equipment):
+class Generator(_Equipment, _Source):
     cfg: GeneratorConfig
     state: GeneratorState = "stopped"
     fuel_litres: float = 0.0
@@ -276,12 +290,8 @@ class Generator(_Equipment):
         return self.state in ("warming", "running", "cooling")
 
     @property
-    def voltage(self) -> float:
-        return self.cfg.voltage if self.spinning else 0.0
-
-    @property
-    def frequency(self) -> float:
-        return self.cfg.frequency if self.spinning else 0.0
+    def live(self) -> bool:
+        return self.spinning
 
     @property
     def rpm(self) -> int:
@@ -433,19 +443,24 @@ BATTERY_TEST_S = 10.0
 
 @dataclass
 class Ups(_Equipment):
+    """A UPS: it starts as its site file entry says (`__post_init__`), then the model and the
+    NUT clients change it."""
+
     cfg: UpsConfig
-    energy_wh: float = 0.0
-    health: float = 1.0
+    #: What the battery holds, and its health (1.0 = as new).
+    energy_wh: float = field(init=False)
+    health: float = field(init=False)
     output_on: bool = True
     input_ok: bool = True
     input_voltage: float = 0.0
     input_frequency: float = 0.0
     load_w: float = 0.0
-    charge_low: float = 20.0
-    runtime_low: float = 120.0
-    delay_shutdown: float = 20.0
-    delay_start: float = 30.0
-    ups_id: str = ""
+    #: The settings NUT clients may change (UPS_RW_VARS).
+    charge_low: float = field(init=False)
+    runtime_low: float = field(init=False)
+    delay_shutdown: float = field(init=False)
+    delay_start: float = field(init=False)
+    ups_id: str = field(init=False)
     beeper: BeeperStatus = "enabled"
     fsd: bool = False
     #: Faults injected by scenarios: the agent-facing interface dies, the model carries on.
@@ -460,6 +475,16 @@ class Ups(_Equipment):
     return_pending: bool = False
     test_remaining: float | None = None
     _restart_timer: float = 0.0
+
+    def __post_init__(self) -> None:
+        c = self.cfg
+        self.health = c.battery_health
+        self.energy_wh = self.capacity_wh * c.charge / 100.0
+        self.charge_low = c.charge_low
+        self.runtime_low = c.runtime_low
+        self.delay_shutdown = c.delay_shutdown
+        self.delay_start = c.delay_start
+        self.ups_id = c.name
 
     @property
     def capacity_wh(self) -> float:
@@ -819,19 +844,7 @@ class SimulatedSite:
             fuel = g.tank_litres if g.fuel_litres is None else min(g.fuel_litres, g.tank_litres)
             self.generator = Generator(g, fuel_litres=fuel)
         self.ats = Ats(config.ats) if config.ats else None
-        self.ups: dict[str, Ups] = {}
-        for u in config.ups:
-            ups = Ups(
-                u,
-                health=u.battery_health,
-                charge_low=u.charge_low,
-                runtime_low=u.runtime_low,
-                delay_shutdown=u.delay_shutdown,
-                delay_start=u.delay_start,
-                ups_id=u.name,
-            )
-            ups.energy_wh = ups.capacity_wh * u.charge / 100.0
-            self.ups[u.name] = ups
+        self.ups: dict[str, Ups] = {u.name: Ups(u) for u in config.ups}
         self.pdus: dict[str, Pdu] = {p.name: Pdu(p) for p in config.pdus}
         self.servers: dict[str, Server] = {}
         for s in config.servers:
