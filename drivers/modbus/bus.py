@@ -23,7 +23,7 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, asdict, dataclass
 from typing import Any, Literal, TypeVar
 
 from pymodbus import FramerType
@@ -105,6 +105,8 @@ def guard_framer(framer: Any) -> None:
 
 @dataclass(frozen=True)
 class SerialParams:
+    """A serial port and its line settings, named as pymodbus's serial client takes them."""
+
     port: str
     baudrate: int = 9600
     bytesize: int = 8
@@ -121,32 +123,28 @@ class TcpParams:
 LinkKey = SerialParams | TcpParams
 
 
+@dataclass(eq=False)
 class ModbusLink:
     """One serial port or one TCP server, and the order in which units use it."""
 
-    def __init__(
-        self,
-        params: LinkKey,
-        *,
-        request_timeout: float,
-        retries: int,
-        gap: float | None = None,
-        connect_timeout: float = 2.0,
-    ) -> None:
-        self.params = params
-        self.request_timeout = request_timeout
-        self.retries = retries
-        self.connect_timeout = connect_timeout
-        if isinstance(params, SerialParams):
-            self.where = f"serial port {params.port}"
-            self.gap = (
-                gap
-                if gap is not None
-                else frame_gap(params.baudrate, params.bytesize, params.parity, params.stopbits)
-            )
+    params: LinkKey
+    _: KW_ONLY
+    request_timeout: float
+    retries: int
+    #: Seconds of silence kept between frames; None = what the line needs (none on TCP).
+    gap: float | None = None
+    connect_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        p = self.params
+        if isinstance(p, SerialParams):
+            self.where = f"serial port {p.port}"
+            line_gap = frame_gap(p.baudrate, p.bytesize, p.parity, p.stopbits)
         else:
-            self.where = f"Modbus TCP server {params.host}:{params.port}"
-            self.gap = gap or 0.0
+            self.where = f"Modbus TCP server {p.host}:{p.port}"
+            line_gap = 0.0
+        self._gap = line_gap if self.gap is None else self.gap
+        #: Devices that use the link (acquire_link, release_link).
         self.users = 0
         self.requests = 0
         self._lock = asyncio.Lock()
@@ -177,15 +175,11 @@ class ModbusLink:
         # retrying a silent unit, and reopen a vanished port at the next poll.
         if isinstance(p, SerialParams):
             return AsyncModbusSerialClient(
-                p.port,
                 framer=FramerType.RTU,
-                baudrate=p.baudrate,
-                bytesize=p.bytesize,
-                parity=p.parity,
-                stopbits=p.stopbits,
                 timeout=self.request_timeout,
                 retries=0,
                 reconnect_delay=0,
+                **asdict(p),
             )
         return AsyncModbusTcpClient(
             p.host, port=p.port, timeout=self.request_timeout, retries=0, reconnect_delay=0
@@ -235,8 +229,8 @@ class ModbusLink:
                 raise
 
     async def _wait_gap(self) -> None:
-        if self.gap > 0:
-            remaining = self._last_frame + self.gap - time.monotonic()
+        if self._gap > 0:
+            remaining = self._last_frame + self._gap - time.monotonic()
             if remaining > 0:
                 await asyncio.sleep(remaining)
 
