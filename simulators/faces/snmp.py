@@ -20,8 +20,8 @@ import bisect
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, cast
 
 from facility_agent.simulators.site import SimulatedSite, Ups
@@ -454,37 +454,38 @@ class _Protocol(asyncio.DatagramProtocol):
             self.transport.sendto(reply, addr)
 
 
+@dataclass(eq=False)
 class SnmpAgentFace:
     """Every SNMP agent of the simulated site on one UDP port, chosen by community."""
 
-    def __init__(
-        self,
-        site: SimulatedSite,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        trap_targets: Iterable[tuple[str, int]] = (),
-        trap_community: str = "public",
-        pdu_outlets: int = 24,
-        switch_name: str = "switch",
-        tick: float = 0.1,
-    ) -> None:
-        self.site = site
-        self.host = host
-        self.port = port
-        self.trap_targets = list(trap_targets)
-        self.trap_community = trap_community.encode()
-        self.tick = tick
+    site: SimulatedSite
+    host: str = "127.0.0.1"
+    #: UDP port; 0 = any free port. Once started: the port it listens on.
+    port: int = 0
+    _: KW_ONLY
+    #: Where the agents send their v2c traps: (host, port) pairs.
+    trap_targets: Sequence[tuple[str, int]] = ()
+    trap_community: str = "public"
+    #: Outlets each PDU shows (at least those the site wires).
+    pdu_outlets: int = 24
+    #: The community of the agent that shows the uplinks.
+    switch_name: str = "switch"
+    #: Real seconds between two looks at the model for changes that send traps.
+    tick: float = 0.1
+
+    def __post_init__(self) -> None:
+        site = self.site
         self.stats = SnmpStats()
         self.agents: dict[bytes, Agent] = {}
         for ups in site.ups.values():
             self._register(_ups_agent(self, ups))
         for name in site.pdus:
-            self._register(_pdu_agent(self, name, max(pdu_outlets, *site.pdus[name].outlets, 1)))
+            outlets = max(self.pdu_outlets, *site.pdus[name].outlets, 1)
+            self._register(_pdu_agent(self, name, outlets))
         if site.ats is not None:
             self._register(_ats_agent(self))
         if site.uplinks:
-            self._register(_switch_agent(self, switch_name))
+            self._register(_switch_agent(self, self.switch_name))
         self._started = time.monotonic()
         self._transport: asyncio.DatagramTransport | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -715,7 +716,7 @@ class SnmpAgentFace:
         vbs += _enc_varbind(SNMP_TRAP_OID, (OBJID, trap_oid))
         vbs += b"".join(_enc_varbind(o, v) for o, v in varbinds)
         self._trap_id = (getattr(self, "_trap_id", 0) + 1) & 0x7FFFFFFF
-        msg = encode_message(1, self.trap_community, TRAP2, self._trap_id, 0, 0, vbs)
+        msg = encode_message(1, self.trap_community.encode(), TRAP2, self._trap_id, 0, 0, vbs)
         for target in self.trap_targets:
             self._transport.sendto(msg, target)
             self.stats.traps_sent += 1
