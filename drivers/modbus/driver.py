@@ -324,15 +324,14 @@ class ModbusDriver(Driver):
                 f"(known: {known})"
             )
 
-        async def job(link: ModbusLink) -> None:
-            await link.write(cfg.unit, cmd.table, cmd.address, cmd.values)
+        async def job(link: ModbusLink) -> str:
+            try:
+                await link.write(cfg.unit, cmd.table, cmd.address, cmd.values)
+            except ModbusExceptionError as exc:
+                raise ActionError(f"device {cfg.id}: {action} refused: {exc.reason}") from exc
+            return f"{action} written to unit {cfg.unit} on {link.where}"
 
-        link = self._conn()
-        try:
-            await link.transaction(job)
-        except ModbusExceptionError as exc:
-            raise ActionError(f"device {cfg.id}: {action} refused: {exc.reason}") from exc
-        return f"{action} written to unit {cfg.unit} on {link.where}"
+        return await self._conn().transaction(job)
 
     async def close(self) -> None:
         if self._link is not None:
