@@ -1,7 +1,8 @@
 """NUT's network protocol as text, without I/O (see NUT's docs/net-protocol.txt).
 
-Kept apart from the socket code so every parsing rule can be unit-tested on plain strings, and so
-the simulator's expectations and the client's agree on one definition of a line.
+Kept apart from the socket code so every parsing rule can be unit-tested on plain strings. A
+line is split by facility_wire/nut.py, which the simulated upsd shares: the simulator's
+expectations and the client's agree on one definition of a line.
 
 A line is words separated by spaces; a word may be double-quoted, and inside quotes (or outside)
 a backslash makes the next character literal. Replies are `OK [...]`, `ERR CODE [extra]`, a single
@@ -14,6 +15,7 @@ import re
 from collections.abc import Sequence
 
 from facility_agent.core.driver import AuthError, DeviceError, NotFoundError, ProtocolError
+from facility_wire import nut as nut_wire
 
 #: Characters that would end or corrupt a command line if sent inside an argument.
 _FORBIDDEN = ("\r", "\n", "\0")
@@ -49,42 +51,10 @@ def split_line(line: str) -> list[str]:
 
     An empty quoted word (`""`) is kept as an empty string: a variable may be empty.
     """
-    words: list[str] = []
-    current: list[str] = []
-    in_word = False
-    quoted = False
-    escaped = False
-    for ch in line:
-        if escaped:
-            current.append(ch)
-            escaped = False
-            in_word = True
-        elif ch == "\\":
-            escaped = True
-            in_word = True
-        elif quoted:
-            if ch == '"':
-                quoted = False
-            else:
-                current.append(ch)
-        elif ch == '"':
-            quoted = True
-            in_word = True
-        elif ch in " \t":
-            if in_word:
-                words.append("".join(current))
-                current = []
-                in_word = False
-        else:
-            current.append(ch)
-            in_word = True
-    if quoted:
-        raise ProtocolError(f"unterminated quote in reply line {line[:200]!r}")
-    if escaped:
-        raise ProtocolError(f"dangling backslash in reply line {line[:200]!r}")
-    if in_word:
-        words.append("".join(current))
-    return words
+    try:
+        return nut_wire.split_line(line)
+    except nut_wire.NutLineError as exc:
+        raise ProtocolError(f"{exc} in reply line {line[:200]!r}") from None
 
 
 def quote(word: str) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from facility_agent.simulators.site import SimulatedSite, SiteError
+from facility_wire.nut import NutLineError, Session, split_line
 
 log = logging.getLogger(__name__)
 
@@ -94,47 +95,8 @@ def users_from_mapping(data: Mapping[str, Mapping[str, Any]]) -> dict[str, NutUs
 
 
 # --------------------------------------------------------------------------------------------
-# Wire format
+# Wire format (requests are split by facility_wire.nut, the NUT driver's own rules)
 # --------------------------------------------------------------------------------------------
-
-
-class ParseError(ValueError):
-    pass
-
-
-def split_line(line: str) -> list[str]:
-    """Split a request like upsd's parser: words separated by blanks, "double quotes" group,
-    a backslash takes the next character literally."""
-    args: list[str] = []
-    word: list[str] = []
-    have = quoted = False
-    chars = iter(line)
-    for ch in chars:
-        if ch == "\\":
-            nxt = next(chars, None)
-            if nxt is None:
-                raise ParseError("backslash at end of line")
-            word.append(nxt)
-            have = True
-        elif quoted:
-            if ch == '"':
-                quoted = False
-            else:
-                word.append(ch)
-        elif ch == '"':
-            quoted = have = True
-        elif ch in " \t":
-            if have:
-                args.append("".join(word))
-                word, have = [], False
-        else:
-            word.append(ch)
-            have = True
-    if quoted:
-        raise ParseError("unterminated quote")
-    if have:
-        args.append("".join(word))
-    return args
 
 
 def quote(value: str) -> str:
@@ -209,11 +171,9 @@ HELP_TEXT = "Commands: HELP VER GET LIST SET INSTCMD LOGIN LOGOUT USERNAME PASSW
 
 
 @dataclass
-class _Client:
-    addr: str
-    username: str | None = None
-    password: str | None = None
-    login_ups: str | None = None
+class _Client(Session):
+    """A connection's session, plus what only this upsd has: TRACKING, and a close under way."""
+
     tracking: bool = False
     closing: bool = False
 
@@ -343,9 +303,9 @@ class NutServer:
         task = asyncio.current_task()
         assert task is not None
         peer = writer.get_extra_info("peername")
-        client = _Client(addr=str(peer[0]) if isinstance(peer, tuple) else str(peer))
+        client = _Client(str(peer[0]) if isinstance(peer, tuple) else str(peer))
         if len(self._clients) >= self.max_clients:
-            log.warning("NUT server: too many clients, refusing %s", client.addr)
+            log.warning("NUT server: too many clients, refusing %s", client.peer)
             writer.close()
             return
         sock = writer.get_extra_info("socket")
@@ -405,7 +365,7 @@ class NutServer:
         """The complete reply (lines ending in newline) to one request line, None for a blank."""
         try:
             args = split_line(line)
-        except ParseError:
+        except NutLineError:
             return self._error("UNKNOWN-COMMAND")
         if not args:
             return None
@@ -422,7 +382,7 @@ class NutServer:
             reply = command.fn(client, args[1:])
         except _Err as e:
             return self._error(e.code)
-        log.debug("NUT %s: %s -> %s", client.addr, args[0], reply.split("\n", 1)[0])
+        log.debug("NUT %s: %s -> %s", client.peer, args[0], reply.split("\n", 1)[0])
         return reply if reply.endswith("\n") else reply + "\n"
 
     def _error(self, code: str) -> str:
@@ -516,7 +476,7 @@ class NutServer:
         ups = self._ups(args[0], available=False)
         self._allowed(client, "FSD")
         self.site.set_fsd(ups)
-        log.info("NUT: %s@%s set FSD on %s", client.username, client.addr, ups)
+        log.info("NUT: %s@%s set FSD on %s", client.username, client.peer, ups)
         return "OK FSD-SET"
 
     # GET
@@ -605,7 +565,7 @@ class NutServer:
             return "\n".join([f"BEGIN LIST CMD {name}", *body, f"END LIST CMD {name}"])
         if sub == "CLIENT":
             ups = self._ups(name, available=False)
-            body = [f"CLIENT {name} {c.addr}" for c in self._clients.values() if c.login_ups == ups]
+            body = [f"CLIENT {name} {c.peer}" for c in self._clients.values() if c.login_ups == ups]
             return "\n".join([f"BEGIN LIST CLIENT {name}", *body, f"END LIST CLIENT {name}"])
         if len(args) < 3:
             raise _Err("INVALID-ARGUMENT")
@@ -636,7 +596,7 @@ class NutServer:
             self.site.set_nut_var(ups, var, args[3])
         except SiteError as e:
             raise _Err(e.code) from None
-        log.info("NUT: %s@%s set %s on %s to %r", client.username, client.addr, var, ups, args[3])
+        log.info("NUT: %s@%s set %s on %s to %r", client.username, client.peer, var, ups, args[3])
         return self._tracked(client, "SUCCESS")
 
     def _instcmd(self, client: _Client, args: list[str]) -> str:
@@ -656,7 +616,7 @@ class NutServer:
             if not client.tracking:
                 raise _Err("INSTCMD-FAILED") from e
             outcome = "ERR FAILED"
-        log.info("NUT: %s@%s ran %s on %s", client.username, client.addr, cmd, ups)
+        log.info("NUT: %s@%s ran %s on %s", client.username, client.peer, cmd, ups)
         return self._tracked(client, outcome)
 
     def _tracked(self, client: _Client, outcome: str) -> str:

@@ -14,11 +14,11 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from facility_agent.core.model import DeviceState, MetricValue
 from facility_agent.drivers.nut.face.config import NutServerConfig
-from facility_agent.drivers.nut.protocol import quote, split_line
+from facility_agent.drivers.nut.protocol import quote
+from facility_wire.nut import Session, split_line
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +29,6 @@ UPS_FLAGS = frozenset({"OL", "OB"})
 
 class NutError(Exception):
     """An `ERR CODE` reply."""
-
-
-@dataclass
-class _Client:
-    peer: str
-    username: str | None = None
-    password: str | None = None
-    logged_in: str | None = None
-    tracking: bool = False
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def quoted(value: str) -> str:
@@ -68,7 +58,7 @@ class NutFace:
         self.states = states
         self.fsd = fsd
         self._server: asyncio.Server | None = None
-        self._clients: dict[asyncio.StreamWriter, _Client] = {}
+        self._clients: dict[asyncio.StreamWriter, Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         #: `user@peer` -> when (monotonic) a logged-in client was first served a `ups.status`
@@ -122,7 +112,7 @@ class NutFace:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        client = _Client(peer[0] if isinstance(peer, tuple) else str(peer))
+        client = Session(peer[0] if isinstance(peer, tuple) else str(peer))
         if len(self._clients) >= self.config.max_clients:
             writer.close()
             return
@@ -151,7 +141,7 @@ class NutFace:
                 self._tasks.discard(task)
             writer.close()
 
-    def _answer(self, client: _Client, line: str) -> tuple[str, bool]:
+    def _answer(self, client: Session, line: str) -> tuple[str, bool]:
         try:
             words = split_line(line)
         except Exception:
@@ -168,7 +158,7 @@ class NutFace:
         except ValueError:  # a name with CR/LF in it: never sent
             return "ERR INVALID-ARGUMENT\n", False
 
-    def _command(self, client: _Client, cmd: str, args: list[str]) -> str:
+    def _command(self, client: Session, cmd: str, args: list[str]) -> str:
         if cmd == "VER":
             return "Network UPS Tools upsd-compatible facility-agent face (read-only)\n"
         if cmd in ("NETVER", "PROTVER"):
@@ -191,7 +181,7 @@ class NutFace:
             raise NutError("ACCESS-DENIED")
         raise NutError("UNKNOWN-COMMAND")
 
-    def _set_once(self, client: _Client, what: str, args: list[str]) -> str:
+    def _set_once(self, client: Session, what: str, args: list[str]) -> str:
         if len(args) != 1:
             raise NutError("INVALID-ARGUMENT")
         if getattr(client, what) is not None:
@@ -199,10 +189,10 @@ class NutFace:
         setattr(client, what, args[0])
         return "OK\n"
 
-    def _login(self, client: _Client, args: list[str]) -> str:
+    def _login(self, client: Session, args: list[str]) -> str:
         if len(args) != 1:
             raise NutError("INVALID-ARGUMENT")
-        if client.logged_in is not None:
+        if client.login_ups is not None:
             raise NutError("ALREADY-LOGGED-IN")
         if client.username is None:
             raise NutError("USERNAME-REQUIRED")
@@ -211,7 +201,7 @@ class NutFace:
         if not self._valid(client.username, client.password):
             raise NutError("ACCESS-DENIED")
         self._unit(args[0])
-        client.logged_in = args[0]
+        client.login_ups = args[0]
         log.info("NUT face: %s logged in to %s from %s", client.username, args[0], client.peer)
         return "OK\n"
 
@@ -225,7 +215,7 @@ class NutFace:
             ok = ok or (same_name and same_pw)
         return ok
 
-    def _get(self, client: _Client, args: list[str]) -> str:
+    def _get(self, client: Session, args: list[str]) -> str:
         if not args:
             raise NutError("INVALID-ARGUMENT")
         sub = args[0].upper()
@@ -241,7 +231,7 @@ class NutFace:
             return f"UPSDESC {quote(args[1])} {quote('served by facility-agent')}\n"
         if sub == "NUMLOGINS" and len(args) == 2:
             self._unit(args[1])
-            n = sum(1 for c in self._clients.values() if c.logged_in == args[1])
+            n = sum(1 for c in self._clients.values() if c.login_ups == args[1])
             return f"NUMLOGINS {quote(args[1])} {n}\n"
         if sub == "TYPE" and len(args) == 3:
             value = self.variables(args[1]).get(args[2])
@@ -259,7 +249,7 @@ class NutFace:
             return "OFF\n"
         raise NutError("INVALID-ARGUMENT")
 
-    def _list(self, client: _Client, args: list[str]) -> str:
+    def _list(self, client: Session, args: list[str]) -> str:
         if not args:
             raise NutError("INVALID-ARGUMENT")
         sub = args[0].upper()
@@ -281,7 +271,7 @@ class NutFace:
             lines = [
                 f"CLIENT {ups} {quote(c.peer)}"
                 for c in self._clients.values()
-                if c.logged_in == args[1]
+                if c.login_ups == args[1]
             ]
             return _block(["CLIENT", ups], lines)
         if sub in ("ENUM", "RANGE") and len(args) == 3:
@@ -290,8 +280,8 @@ class NutFace:
             raise NutError("INVALID-ARGUMENT")
         raise NutError("INVALID-ARGUMENT")
 
-    def _note_fsd(self, client: _Client, status: str) -> None:
-        if client.logged_in is not None and "FSD" in status.split():
+    def _note_fsd(self, client: Session, status: str) -> None:
+        if client.login_ups is not None and "FSD" in status.split():
             self.fsd_seen.setdefault(f"{client.username}@{client.peer}", time.monotonic())
 
 
