@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 #: A request line longer than this closes the connection (upsd's own limit is similar).
 MAX_LINE = 1024
 UPS_FLAGS = frozenset({"OL", "OB"})
+#: GET's requests and how many words each has, its own name included (GET TRACKING: any).
+GET_WORDS = {"VAR": 3, "TYPE": 3, "DESC": 3, "CMDDESC": 3, "UPSDESC": 2, "NUMLOGINS": 2}
 
 
 class NutError(Exception):
@@ -101,14 +103,15 @@ class NutFace:
         log.info("NUT face listening on %s:%d (read-only)", host, self.port)
 
     async def stop(self) -> None:
-        if self._server is None:
+        # Taken before the first await: a second stop() meanwhile has nothing left to stop.
+        server, self._server = self._server, None
+        if server is None:
             return
-        self._server.close()
+        server.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
+        await server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -219,35 +222,30 @@ class NutFace:
         if not args:
             raise NutError("INVALID-ARGUMENT")
         sub = args[0].upper()
-        if sub == "VAR" and len(args) == 3:
-            value = self.variables(args[1]).get(args[2])
-            if value is None:
-                raise NutError("VAR-NOT-SUPPORTED")
-            if args[2] == "ups.status":
-                self._note_fsd(client, value)
-            return f"VAR {quote(args[1])} {quote(args[2])} {quoted(value)}\n"
-        if sub == "UPSDESC" and len(args) == 2:
-            self._unit(args[1])
-            return f"UPSDESC {quote(args[1])} {quote('served by facility-agent')}\n"
-        if sub == "NUMLOGINS" and len(args) == 2:
-            self._unit(args[1])
-            n = sum(1 for c in self._clients.values() if c.login_ups == args[1])
-            return f"NUMLOGINS {quote(args[1])} {n}\n"
-        if sub == "TYPE" and len(args) == 3:
-            value = self.variables(args[1]).get(args[2])
-            if value is None:
-                raise NutError("VAR-NOT-SUPPORTED")
-            kind = "NUMBER" if _is_number(value) else f"STRING:{max(len(value), 1)}"
-            return f"TYPE {quote(args[1])} {quote(args[2])} {kind}\n"
-        if sub == "DESC" and len(args) == 3:
-            self._unit(args[1])
-            return f"DESC {quote(args[1])} {quote(args[2])} {quote('Description unavailable')}\n"
-        if sub == "CMDDESC" and len(args) == 3:
-            self._unit(args[1])
-            raise NutError("CMD-NOT-SUPPORTED")
         if sub == "TRACKING":
             return "OFF\n"
-        raise NutError("INVALID-ARGUMENT")
+        if GET_WORDS.get(sub) != len(args):
+            raise NutError("INVALID-ARGUMENT")
+        ups = args[1]
+        if sub in ("VAR", "TYPE"):
+            value = self.variables(ups).get(args[2])
+            if value is None:
+                raise NutError("VAR-NOT-SUPPORTED")
+            if sub == "TYPE":
+                kind = "NUMBER" if _is_number(value) else f"STRING:{max(len(value), 1)}"
+                return f"TYPE {quote(ups)} {quote(args[2])} {kind}\n"
+            if args[2] == "ups.status":
+                self._note_fsd(client, value)
+            return f"VAR {quote(ups)} {quote(args[2])} {quoted(value)}\n"
+        self._unit(ups)
+        if sub == "UPSDESC":
+            return f"UPSDESC {quote(ups)} {quote('served by facility-agent')}\n"
+        if sub == "NUMLOGINS":
+            n = sum(1 for c in self._clients.values() if c.login_ups == ups)
+            return f"NUMLOGINS {quote(ups)} {n}\n"
+        if sub == "DESC":
+            return f"DESC {quote(ups)} {quote(args[2])} {quote('Description unavailable')}\n"
+        raise NutError("CMD-NOT-SUPPORTED")  # CMDDESC: the face offers no commands
 
     def _list(self, client: Session, args: list[str]) -> str:
         if not args:
