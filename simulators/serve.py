@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,13 @@ class SimulatorOptions:
     stop_at_scenario_end: bool = False
     #: Called for every scenario step that fires (the step is also logged).
     on_step: Callable[[AppliedStep], None] | None = None
+
+    @classmethod
+    def for_drivers(cls, drivers: Collection[str], **options: Any) -> SimulatorOptions:
+        """Every face a site read by these drivers needs, each on a free port (a drill). The
+        BMCs only when the site reads IPMI: each simulated server's costs a socket of its own."""
+        ipmi_port = 0 if "ipmi" in drivers else None
+        return cls(nut_port=0, modbus_port=0, snmp_port=0, ipmi_port=ipmi_port, **options)
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,9 @@ from facility_agent.core.driver import (
     DeviceTimeout,
     Driver,
     ProtocolError,
+    SimulatorFaces,
     own_config,
+    with_keys,
 )
 from facility_agent.core.model import Sample, utcnow
 from facility_agent.core.units import Duration
@@ -420,6 +422,14 @@ class IpmiDriver(Driver):
     config_model = IpmiDeviceConfig
     #: Time between two power-state reads while an action waits for its state.
     verify_every: ClassVar[float] = 0.5
+
+    @classmethod
+    def aim_at_simulator(cls, device: DeviceConfig, sim: SimulatorFaces) -> DeviceConfig | None:
+        """Each simulated server has a BMC of its own, on its own port."""
+        port = sim.ports.get(f"ipmi:{device.id}")
+        if port is None:
+            return None
+        return with_keys(own_config(device, IpmiDeviceConfig), host="127.0.0.1", port=port)
 
     def __init__(self, config: DeviceConfig) -> None:
         super().__init__(config)

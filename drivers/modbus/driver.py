@@ -22,7 +22,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from facility_agent.core.driver import ActionError, DeviceConfig, DeviceError, Driver, own_config
+from facility_agent.core.driver import (
+    ActionError,
+    DeviceConfig,
+    DeviceError,
+    Driver,
+    SimulatorFaces,
+    own_config,
+    with_keys,
+)
 from facility_agent.core.model import MetricValue, Sample, utcnow
 from facility_agent.core.units import Duration
 from facility_agent.drivers.modbus.bus import (
@@ -175,6 +183,14 @@ class ModbusDriver(Driver):
 
     name = "modbus"
     config_model = ModbusDeviceConfig
+
+    @classmethod
+    def aim_at_simulator(cls, device: DeviceConfig, sim: SimulatorFaces) -> DeviceConfig | None:
+        """Every simulated unit is on the simulator's one Modbus TCP server, a serial one too."""
+        if "modbus" not in sim.ports:
+            return None
+        config = own_config(device, ModbusDeviceConfig)
+        return with_keys(config, host="127.0.0.1", port=sim.ports["modbus"], serial=None)
 
     def __init__(self, config: DeviceConfig) -> None:
         super().__init__(config)

@@ -170,6 +170,8 @@ class Defaults(_M):
 
 class Profile(_M):
     name: str
+    #: Profiles of every protocol share config/profiles; this marks a Modbus register map.
+    protocol: Literal["modbus"] = "modbus"
     title: str = ""
     #: What the device is: drives the generator/ATS semantics of the driver.
     kind: Literal["generator", "ats", "other"] = "other"

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from facility_agent.core.driver import DeviceConfig, Driver, own_config
+from facility_agent.core.driver import DeviceConfig, Driver, SimulatorFaces, own_config
 from facility_agent.core.model import MetricValue, Sample, utcnow
 from facility_agent.core.units import Duration
 from facility_agent.drivers.net.probe import icmp_reachable, tcp_reachable
@@ -71,6 +71,11 @@ class NetDriver(Driver):
     name = "net"
     metrics_doc = "reachability and latency of the box's own uplinks and paths"
     config_model = NetDeviceConfig
+
+    @classmethod
+    def aim_at_simulator(cls, device: DeviceConfig, sim: SimulatorFaces) -> DeviceConfig | None:
+        """The box's own links and paths: a drill reads them as they are."""
+        return device
 
     def __init__(self, config: DeviceConfig) -> None:
         super().__init__(config)

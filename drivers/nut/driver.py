@@ -12,12 +12,13 @@ second over one socket costs it next to nothing.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import weakref
 from asyncio import AbstractEventLoop, get_running_loop
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
@@ -26,9 +27,11 @@ from facility_agent.core.driver import (
     AlertFlags,
     DeviceConfig,
     Driver,
+    SimulatorFaces,
     SiteHooks,
     SiteService,
     own_config,
+    with_keys,
 )
 from facility_agent.core.model import MetricValue, Sample, utcnow
 from facility_agent.core.units import Duration
@@ -145,6 +148,14 @@ def convert_metric(name: str, text: str) -> MetricValue:
     return text if verdict.value is None else verdict.value
 
 
+def _host_port(text: str) -> str:
+    """A `--nut-face-listen` value: host:port, as `nut_server.listen` is."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be host:port, not {text!r}")
+    return text
+
+
 class NutDriver(Driver):
     """One UPS on a NUT server."""
 
@@ -166,6 +177,35 @@ class NutDriver(Driver):
         face = NutFace(config, hooks.states, hooks.secondaries_fsd)
         await face.start()
         return face
+
+    @classmethod
+    def aim_at_simulator(cls, device: DeviceConfig, sim: SimulatorFaces) -> DeviceConfig | None:
+        config = own_config(device, NutDeviceConfig)
+        if "nut" not in sim.ports or config.ups not in sim.ups:
+            return None
+        return with_keys(config, host="127.0.0.1", port=sim.ports["nut"])
+
+    @classmethod
+    def add_drill_options(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--nut-face-listen",
+            metavar="HOST:PORT",
+            type=_host_port,
+            help="serve the drill's NUT face (nut_server:) here, for a test upsmon secondary to "
+            "follow [a free loopback port: the site's real secondaries never see a drill's FSD]",
+        )
+
+    @classmethod
+    def drill_sections(
+        cls, sections: Mapping[str, BaseModel], options: Mapping[str, Any]
+    ) -> dict[str, BaseModel]:
+        """A drill's FSD must never reach the site's real secondaries: the face listens on
+        `--nut-face-listen`, else on a free loopback port."""
+        face = sections.get("nut_server")
+        if face is None:
+            return dict(sections)
+        listen = options.get("nut_face_listen") or "127.0.0.1:0"
+        return {**sections, "nut_server": face.model_copy(update={"listen": listen})}
 
     def alert_flags(self) -> AlertFlags:
         return _ALERT_FLAGS

@@ -22,8 +22,11 @@ from facility_agent.core.driver import (
     DeviceError,
     Driver,
     ProtocolError,
+    SimulatorFaces,
     SiteHooks,
     SiteService,
+    own_config,
+    with_keys,
 )
 from facility_agent.core.model import MetricValue, Sample, utcnow
 from facility_agent.core.units import Duration
@@ -154,6 +157,15 @@ class SnmpDriver(Driver):
         if not isinstance(config, TrapsConfig):
             return None
         return await start_listener(config, hooks)
+
+    @classmethod
+    def aim_at_simulator(cls, device: DeviceConfig, sim: SimulatorFaces) -> DeviceConfig | None:
+        """The simulator's SNMP face serves every simulated agent on one port, each under its
+        equipment name as community (v1/v2c only)."""
+        config = own_config(device, SnmpDeviceConfig)
+        if "snmp" not in sim.ports or config.version == "3":
+            return None
+        return with_keys(config, host="127.0.0.1", port=sim.ports["snmp"], community=config.id)
 
     @classmethod
     def add_commands(cls, command: AddCommand) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from facility_agent.core.driver import SiteHooks
+from facility_agent.core.driver import SiteHooks, SiteService
 from facility_agent.core.model import Event, Severity
 from facility_agent.drivers.snmp.traps_config import TrapsConfig
 from facility_agent.runtime.supervise import Supervisor
@@ -123,7 +123,7 @@ class SnmpDevice:
 
 
 @dataclass
-class TrapListener:
+class TrapListener(SiteService):
     """Listens on `config.listen`; calls `emit(event)` and `poll_now(device)` per notification."""
 
     config: TrapsConfig

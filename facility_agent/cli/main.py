@@ -174,7 +174,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from facility_agent.tools.simulate import simulate
+    from facility_agent.simulators.command import simulate
 
     return simulate(args)
 
@@ -222,7 +222,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
                 speed=args.speed,
                 dry_run=args.dry_run,
                 on_tick=progress.tick,
-                nut_face=args.nut_face_listen,
+                options=vars(args),
             )
         )
     except Exception as exc:
@@ -232,14 +232,6 @@ def cmd_drill(args: argparse.Namespace) -> int:
     progress.tick(report, None)
     print(write_report(report, Path(args.report) if args.report else None), flush=True)
     return EXIT_OK
-
-
-def nut_listen(text: str) -> str:
-    """A `--nut-face-listen` value: host:port, as `nut_server.listen` is."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"must be host:port, not {text!r}")
-    return text
 
 
 def print_line(line: str) -> None:
@@ -291,10 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--probe",
         action="store_true",
-        help="also ask each SNMP device which profile fits it (check is offline otherwise)",
+        help="also ask the devices whose driver can tell which profile fits them, and why "
+        "(check is offline otherwise)",
     )
 
-    from facility_agent.tools import simulate
+    from facility_agent.simulators import command as simulate
 
     p = command(
         "simulate",
@@ -325,13 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
         "reported; device actions go to the simulated devices, as in every drill",
     )
     p.add_argument("--report", metavar="FILE", help="also write the report to this file")
-    p.add_argument(
-        "--nut-face-listen",
-        metavar="HOST:PORT",
-        type=nut_listen,
-        help="serve the drill's NUT face (nut_server:) here, for a test upsmon secondary to "
-        "follow [a free loopback port: the site's real secondaries never see a drill's FSD]",
-    )
+    from facility_agent.core.registry import driver_classes
+
+    # Options of the drivers' own (`--nut-face-listen`), found as the drivers are.
+    for _, cls in sorted(driver_classes().items()):
+        cls.add_drill_options(p)
 
     p = command(
         "demo", "run the agent against the simulated site through a scripted outage", cmd_demo
@@ -348,7 +339,6 @@ def build_parser() -> argparse.ArgumentParser:
     from facility_agent.cli import install_service as service
     from facility_agent.cli import runbook
     from facility_agent.cli import status as status_cmd
-    from facility_agent.core.registry import driver_classes
 
     for module in (status_cmd, runbook, service):
         module.add_parser(command)

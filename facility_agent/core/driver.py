@@ -81,6 +81,12 @@ def own_config(config: DeviceConfig, model: type[C]) -> C:
     return config if isinstance(config, model) else model.model_validate(config.model_dump())
 
 
+def with_keys(config: C, **keys: Any) -> C:
+    """`config` with some of its keys changed, validated again (a drill aiming a device at
+    the simulator)."""
+    return type(config).model_validate({**config.model_dump(), **keys})
+
+
 class DeviceError(Exception):
     """A device did not give a usable answer. `reason` is shown to people: no secrets in it."""
 
@@ -128,10 +134,31 @@ class AlertFlags:
     site: frozenset[str] = frozenset()
 
 
-class SiteService(Protocol):
+class SiteService(ABC):
     """A site-wide listener a driver runs beside its devices (SNMP traps, the NUT face)."""
 
+    @abstractmethod
     async def stop(self) -> None: ...
+
+    def drill_lines(self, decided: float | None, runtime: float | None) -> list[str]:
+        """What a drill's report says of this service once the drill is over: `decided` is
+        when (monotonic) the shutdown was decided, `runtime` the real seconds of battery left
+        then (None: not known). Most services have nothing to say."""
+        return []
+
+
+class SimulatorFaces(Protocol):
+    """Where the bundled simulator serves the site, as a drill aims the devices at it."""
+
+    @property
+    def ports(self) -> Mapping[str, int]:
+        """Face name -> loopback port: `nut`, `snmp`, `modbus`, `ipmi:<device id>` ..."""
+        ...
+
+    @property
+    def ups(self) -> Sequence[str]:
+        """The names of the simulated UPS units."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -183,6 +210,27 @@ class Driver(ABC):
     def add_commands(cls, command: AddCommand) -> None:
         """Add the driver's own `facility-agent` commands (the SNMP driver's `snmp record`)."""
         return None
+
+    @classmethod
+    def aim_at_simulator(cls, device: DeviceConfig, sim: SimulatorFaces) -> DeviceConfig | None:
+        """For a drill: the device pointed at its counterpart in the bundled simulator (the
+        same id), or None when the simulator has none; the drill then leaves it out."""
+        return None
+
+    @classmethod
+    def add_drill_options(cls, parser: argparse.ArgumentParser) -> None:
+        """Add the driver's options to `facility-agent drill` (the NUT driver's
+        `--nut-face-listen`); `drill_sections` gets their values."""
+        return None
+
+    @classmethod
+    def drill_sections(
+        cls, sections: Mapping[str, BaseModel], options: Mapping[str, Any]
+    ) -> dict[str, BaseModel]:
+        """The driver's site sections that are present, as a drill runs them: nothing a drill
+        does may reach the site's real peers (the NUT face moves to a loopback port).
+        `options` holds the drill's command-line options by their `dest`."""
+        return dict(sections)
 
     @classmethod
     async def probe(cls, devices: Sequence[DeviceConfig]) -> bool:

@@ -13,16 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from facility_agent.config.site import SiteConfig
-from facility_agent.core.driver import DeviceConfig
+from facility_agent.core.driver import DeviceConfig, SimulatorFaces, SiteService
 from facility_agent.core.model import Event
+from facility_agent.core.registry import driver_class, driver_classes
 from facility_agent.core.sink import Sink
-from facility_agent.drivers.nut.face.server import NutFace
 from facility_agent.runtime.agent import Agent
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,8 @@ class DrillReport:
     runtime_at_decision: float | None = None
     dry_run: bool = False
     started: float = field(default_factory=time.monotonic)
-    #: Where the drill's NUT face listened, and when each secondary was first served FSD.
-    nut_face: str | None = None
-    secondaries: dict[str, float] = field(default_factory=dict)
+    #: The drivers' site services the drill ran (the NUT face): they add to the report.
+    services: list[SiteService] = field(default_factory=list)
     #: Each target's learned time after the drill (policy/durations.py), and the plan's
     #: expected duration at the decision and from what is learned now.
     learned: dict[str, float] = field(default_factory=dict)
@@ -108,7 +107,8 @@ class DrillReport:
                     used = 100 * after / max(real, 1e-9)
                     when += f" ({real - after:.0f} s left, {used:.1f}% used)"
             out.append(f"    step {ok} {took:6.2f} s{when}  {ev.message}")
-        out += self._secondary_lines(decide[0] if decide else None, real)
+        for service in self.services:
+            out += service.drill_lines(decide[0] if decide else None, real)
         done = (
             self.first("shutdown.completed")
             or self.first("shutdown.cancelled")
@@ -138,22 +138,6 @@ class DrillReport:
             out.append("  no recovery ran")
         return out
 
-    def _secondary_lines(self, decided: float | None, real: float | None) -> list[str]:
-        if self.nut_face is None:
-            return []
-        if not self.secondaries:
-            return [f"  NUT face {self.nut_face}: no secondary was served FSD"]
-        out = []
-        for who, at in sorted(self.secondaries.items(), key=lambda item: item[1]):
-            line = f"  NUT secondary {who} saw FSD"
-            if decided is not None:
-                after = at - decided
-                line += f" at +{after:.2f} s"
-                if real is not None:
-                    line += f" ({real - after:.0f} s of battery runtime left)"
-            out.append(line)
-        return out
-
     def _learned_lines(self) -> list[str]:
         if not self.learned:
             return []
@@ -169,50 +153,25 @@ class DrillReport:
 
 
 def point_at_simulator(
-    site: SiteConfig, info: Any, nut_listen: str | None = None
+    site: SiteConfig, sim: SimulatorFaces, options: Mapping[str, Any] | None = None
 ) -> tuple[SiteConfig, list[str]]:
-    """The site with each device aimed at its simulated counterpart; the ones left out.
-
-    The NUT face listens on `nut_listen` if given (a test secondary's address), else on a
-    free loopback port."""
+    """The site with each device aimed at its simulated counterpart; the ones left out. Each
+    driver aims its own devices, and moves its site services where a drill may run them
+    (`options`: the drill's command-line options, `--nut-face-listen` ...)."""
     devices: list[DeviceConfig] = []
     skipped: list[str] = []
-    ports: dict[str, int] = dict(info.ports)
     for dev in site.devices:
-        mapped = _map_device(dev, ports, info)
-        if mapped is None:
+        aimed = driver_class(dev.driver).aim_at_simulator(dev, sim)
+        if aimed is None:
             skipped.append(dev.id)
         else:
-            devices.append(mapped)
-    update: dict[str, Any] = {"devices": devices}
-    face = site.sections.get("nut_server")
-    if face is not None:
-        # A drill's FSD must never reach the site's real secondaries: a free loopback port.
-        listen = nut_listen or "127.0.0.1:0"
-        sections = {**site.sections, "nut_server": face.model_copy(update={"listen": listen})}
-        update["sections"] = sections
-    return site.model_copy(update=update), skipped
-
-
-def _map_device(dev: DeviceConfig, ports: dict[str, int], info: Any) -> DeviceConfig | None:
-    update: dict[str, Any] = {}
-    if dev.driver == "nut" and "nut" in ports and getattr(dev, "ups", None) in info.ups:
-        update = {"host": "127.0.0.1", "port": ports["nut"]}
-    elif dev.driver == "snmp" and "snmp" in ports and str(getattr(dev, "version", "2c")) != "3":
-        # The SNMP face serves every simulated agent on one port, chosen by community.
-        update = {"host": "127.0.0.1", "port": ports["snmp"], "community": dev.id}
-    elif dev.driver == "modbus" and "modbus" in ports:
-        update = {"host": "127.0.0.1", "port": ports["modbus"], "serial": None}
-    elif dev.driver == "ipmi" and f"ipmi:{dev.id}" in ports:
-        update = {"host": "127.0.0.1", "port": ports[f"ipmi:{dev.id}"]}
-    elif dev.driver == "net":
-        return dev
-    if not update:
-        return None
-    fields = type(dev).model_fields
-    return type(dev).model_validate(
-        {**dev.model_dump(), **{k: v for k, v in update.items() if k in fields}}
-    )
+            devices.append(aimed)
+    sections = dict(site.sections)
+    for cls in driver_classes().values():
+        own = {key: sections[key] for key in cls.site_sections if key in sections}
+        if own:
+            sections.update(cls.drill_sections(own, options or {}))
+    return site.model_copy(update={"devices": devices, "sections": sections}), skipped
 
 
 async def run_drill(
@@ -224,9 +183,9 @@ async def run_drill(
     sinks: list[Sink] | None = None,
     on_event: Callable[[Event], None] | None = None,
     on_tick: Callable[[DrillReport, Any], None] | None = None,
-    nut_port: int = 0,
-    nut_face: str | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> DrillReport:
+    """Play `scenario`; `options` are the drivers' drill options by `dest` (`nut_face_listen`)."""
     from facility_agent.simulators.serve import RunningSimulator, SimulatorOptions
 
     report = DrillReport(scenario=scenario, speed=speed or 1.0, dry_run=dry_run)
@@ -237,20 +196,12 @@ async def run_drill(
             Mark(step.do, time.monotonic(), applied.time, step.target, getattr(step, "note", None))
         )
 
-    has_ipmi = any(d.driver == "ipmi" for d in site.devices)
-    options = SimulatorOptions(
-        scenario=scenario,
-        speed=speed,
-        nut_port=nut_port,
-        modbus_port=0,
-        snmp_port=0,
-        # Every simulated server gets a BMC of its own: only when the site has IPMI devices.
-        ipmi_port=0 if has_ipmi else None,
-        on_step=on_step,
+    simulated = SimulatorOptions.for_drivers(
+        {d.driver for d in site.devices}, scenario=scenario, speed=speed, on_step=on_step
     )
-    async with RunningSimulator(options) as sim:
+    async with RunningSimulator(simulated) as sim:
         report.speed = sim.info.speed
-        aimed, report.skipped_devices = point_at_simulator(site, sim.info, nut_face)
+        aimed, report.skipped_devices = point_at_simulator(site, sim.info, options)
         agent = Agent(aimed, sinks=sinks)
         agent.drill = True
         agent.dry_run = dry_run
@@ -267,10 +218,6 @@ async def run_drill(
         agent.on_event(record)
         await agent.start()
         try:
-            face = _nut_face(agent)
-            if face is not None:
-                host, _ = face.config.address
-                report.nut_face = f"{host}:{face.port}"
             await _wait_for_the_end(sim, agent, report, on_tick)
             _learned(agent, report)
         finally:
@@ -278,17 +225,9 @@ async def run_drill(
     return report
 
 
-def _nut_face(agent: Agent) -> NutFace | None:
-    """The NUT driver's site service, when the site has a `nut_server:` face."""
-    face = agent.services.get("nut")
-    return face if isinstance(face, NutFace) else None
-
-
 def _learned(agent: Agent, report: DrillReport) -> None:
     """What the drill taught: each target's time, the plan's expected duration from now."""
-    face = _nut_face(agent)
-    if face is not None:
-        report.secondaries = dict(face.fsd_seen)
+    report.services = list(agent.services.values())
     policy = agent.policy
     if policy is None or report.dry_run:
         return

@@ -136,7 +136,7 @@ def render() -> str:
     for ev in other_events():
         out.append(f"| `{ev['type']}` | {ev['severity']} | {ev['by']} | {ev['when']} |")
     out += ["", "Declared by drivers (their own flags, `Driver.declared_events`) and profiles "
-            "(`events:` of Modbus profiles, `traps:` of SNMP ones):", ""]  # fmt: skip
+            "(their `events:` and `traps:`):", ""]  # fmt: skip
     out += ["| from | flag or trap | event | severity |", "|---|---|---|---|"]
     for driver, ev in driver_events():
         out.append(f"| {driver} driver | `{ev['flag']}` | `{ev['type']}` | {ev['severity']} |")
@@ -172,7 +172,7 @@ def render() -> str:
     for p in profiles():
         desc = p.get("description") or p.get("title") or ""
         out += [
-            f"### {p['name']} ({p.get('protocol', 'modbus')}, {p.get('kind', '')})",
+            f"### {p['name']} ({p['protocol']}, {p.get('kind', '')})",
             "",
             desc,
             "",

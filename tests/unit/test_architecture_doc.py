@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import re
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,16 +26,34 @@ def test_layout_table_names_every_package_folder() -> None:
 
 def test_no_module_of_the_agent_imports_a_protocol_folder() -> None:
     """A change to one protocol touches its folder: facility_agent/ imports no driver module
-    (the drivers are found through the registry; tools that run the simulated site excepted,
-    since they aim a site's devices at the simulator's protocol faces)."""
+    and no simulator face (the drivers are found through the registry; a drill asks each
+    driver to aim its devices at the simulator)."""
     offenders = []
     for path in (ROOT / "facility_agent").rglob("*.py"):
         rel = path.relative_to(ROOT)
-        if rel.parts[1] == "tools":
-            continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
-            if re.match(r"\s*(from|import) facility_agent\.drivers\.", line):
+            if re.match(r"\s*(from|import) facility_agent\.(drivers|simulators\.faces)\.", line):
                 offenders.append(f"{rel}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+#: A name in the agent's code that is a protocol's: only the contract's stage key.
+PROTOCOL_NAME = re.compile(r"(?i)snmp|modbus|ipmi|(^|_)nut(_|$)|upsd|upsmon")
+CONTRACT_NAMES = {"notify_nut_secondaries"}
+
+
+def test_no_name_in_the_agent_is_a_protocols() -> None:
+    """No variable, function, class or attribute of facility_agent/ is named after a
+    protocol: what is per protocol is asked of the drivers (their options, their sections,
+    where the simulator serves them), never spelled out beside the core."""
+    offenders = []
+    for path in (ROOT / "facility_agent").rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
+            if token.type != tokenize.NAME or token.string in CONTRACT_NAMES:
+                continue
+            if PROTOCOL_NAME.search(token.string):
+                offenders.append(f"{rel}:{token.start[0]}: {token.string}")
     assert not offenders, "\n".join(offenders)
 
 

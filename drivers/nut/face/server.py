@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from facility_agent.core.driver import SiteService
 from facility_agent.core.model import DeviceState, MetricValue
 from facility_agent.drivers.nut.face.config import NutServerConfig
 from facility_agent.drivers.nut.protocol import quote
@@ -49,7 +50,10 @@ def format_value(value: MetricValue) -> str:
     return str(value)
 
 
-class NutFace:
+class NutFace(SiteService):
+    """The agent's read-only upsd for upsmon secondaries: every UPS's state as NUT variables,
+    with FSD while the shutdown plan asks them to go."""
+
     def __init__(
         self,
         config: NutServerConfig,
@@ -112,6 +116,23 @@ class NutFace:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await server.wait_closed()
+
+    def drill_lines(self, decided: float | None, runtime: float | None) -> list[str]:
+        """When each secondary was first served FSD, after the decision and against the
+        battery runtime left."""
+        where = f"{self.config.address[0]}:{self.port}"
+        if not self.fsd_seen:
+            return [f"  NUT face {where}: no secondary was served FSD"]
+        out = []
+        for who, at in sorted(self.fsd_seen.items(), key=lambda item: item[1]):
+            line = f"  NUT secondary {who} saw FSD"
+            if decided is not None:
+                after = at - decided
+                line += f" at +{after:.2f} s"
+                if runtime is not None:
+                    line += f" ({runtime - after:.0f} s of battery runtime left)"
+            out.append(line)
+        return out
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

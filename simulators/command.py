@@ -1,4 +1,5 @@
-"""`facility-agent simulate`: serve the bundled simulated site for any client to point at."""
+"""`facility-agent simulate`: serve the simulated site for any client to point at. The
+simulator's own command line (its faces, ports and options), so the agent's CLI only names it."""
 
 from __future__ import annotations
 
