@@ -558,10 +558,7 @@ class IpmiDriver(Driver):
         `fallback: hard_off` to cut the power when the OS has not shut down by then.
         """
         cfg = self.cfg
-        if not cfg.allow_writes:
-            raise ActionError(
-                f"device {cfg.id}: actions are disabled (set allow_writes: true to allow them)"
-            )
+        cfg.require_writes()
         if action not in POWER_ACTIONS:
             raise ActionError(f"device {cfg.id}: unknown action {action!r}")
         params = dict(params or {})

@@ -328,10 +328,7 @@ class ModbusDriver(Driver):
     async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
         """Write one of the profile's commands (start, stop, auto ...)."""
         cfg = self.cfg
-        if not cfg.allow_writes:
-            raise ActionError(
-                f"device {cfg.id}: actions are disabled (set allow_writes: true to allow them)"
-            )
+        cfg.require_writes()
         cmd = self.profile.commands.get(action)
         if cmd is None:
             known = ", ".join(self.profile.commands) or "none"

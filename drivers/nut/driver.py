@@ -269,10 +269,7 @@ class NutDriver(Driver):
         DeviceErrors when the server cannot be reached.
         """
         cfg = self.cfg
-        if not cfg.allow_writes:
-            raise ActionError(
-                f"device {cfg.id}: actions are disabled (set allow_writes: true to allow them)"
-            )
+        cfg.require_writes()
         params = dict(params or {})
         client = self._conn()
         try:

@@ -475,10 +475,7 @@ class SnmpDriver(Driver):
     async def run_action(self, action: str, params: Mapping[str, str] | None = None) -> str:
         """One SET of the profile's `commands:` (outlet.N.load.off ...); needs allow_writes."""
         cfg = self.cfg
-        if not cfg.allow_writes:
-            raise ActionError(
-                f"device {cfg.id}: actions are disabled (set allow_writes: true to allow them)"
-            )
+        cfg.require_writes()
         found = find(self.profile.commands, self._rows, action)
         if found is None:  # rows not read yet, or the outlet is new: read the device again
             await self.poll()

@@ -580,14 +580,12 @@ def add_parser(command: AddCommand) -> None:
     p.add_argument(
         "--mqtt-host",
         "--host",  # old spelling
-        dest="mqtt_host",
         metavar="HOST",
         help="MQTT broker [the site file's, else 127.0.0.1]",
     )
     p.add_argument(
         "--mqtt-port",
         "--port",  # old spelling
-        dest="mqtt_port",
         metavar="PORT",
         type=int,
         help="MQTT port [the site file's, else 1883]",
@@ -595,7 +593,6 @@ def add_parser(command: AddCommand) -> None:
     p.add_argument(
         "--mqtt-prefix",
         "--prefix",  # old spelling
-        dest="mqtt_prefix",
         metavar="PREFIX",
         help="topic prefix [the site file's, else facility]",
     )

@@ -71,6 +71,14 @@ class DeviceConfig(BaseModel):
     def poll_timeout(self) -> float:
         return self.timeout if self.timeout is not None else min(self.interval, self.timeout_cap)
 
+    def require_writes(self) -> None:
+        """Raise ActionError unless the site file lets actions reach this device: a driver's
+        `run_action` asks first, so no driver can forget it."""
+        if not self.allow_writes:
+            raise ActionError(
+                f"device {self.id}: actions are disabled (set allow_writes: true to allow them)"
+            )
+
 
 C = TypeVar("C", bound=DeviceConfig)
 
