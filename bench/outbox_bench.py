@@ -293,9 +293,9 @@ async def bench_chat_matrix(root: Path, n: int) -> dict[str, Any] | None:
     d.mkdir()
     port = free_port()
     sys.path.insert(0, str(REPO))
-    from tests.fixtures.outputs import _HOMESERVER, _LOG  # the same config as the tests
+    from tests.fixtures.outputs import _LOG, homeserver_config  # the same config as the tests
 
-    (d / "homeserver.yaml").write_text(_HOMESERVER.format(port=port, root=d))
+    (d / "homeserver.yaml").write_text(homeserver_config(port, d))
     (d / "log.yaml").write_text(_LOG)
     proc = Proc(
         [str(python), "-m", "synapse.app.homeserver", "-c", str(d / "homeserver.yaml")],
