@@ -111,3 +111,18 @@ def test_sensor_table_keys_must_name_columns_of_their_table(
     )
     with pytest.raises(ProfileError, match=error):
         load_profile(str(path))
+
+
+async def test_a_real_cyberpower_epdu_is_detected_by_its_load_table(tmp_path: Path) -> None:
+    """A PDU44005's walk (drivers/snmp/testcases/cyberpower-pdu44005, not yet a full case: its
+    SOURCE.md says why). Its card answers the ePDU2 sysObjectID, which names no profile, so the
+    ePDU load table's first row must answer the probe; the bare column once did not."""
+    recording = CASES / "cyberpower-pdu44005" / "device.snmprec"
+    with serve_recording(recording, tmp_path, [".1.3.6.1.4.1.3808"]) as port:
+        _, sample = await poll_recording(port, "auto")
+    assert sample.metrics["driver.profile"] == "cyberpower-epdu"
+    # Read as CPS-MIB says: ePDULoadStatusVoltage 2179 (0.1 V), ActivePower 219 W, PF 97 (0.01).
+    assert sample.metrics["input.voltage"] == 217.9
+    assert sample.metrics["input.realpower"] == 219
+    assert sample.metrics["input.powerfactor"] == 0.97
+    assert {f"outlet.{n}.status" for n in range(1, 11)} <= sample.metrics.keys()
