@@ -22,6 +22,8 @@ from .fixtures.snmp import serve_recording
 CASES = Path(__file__).parents[1] / "drivers" / "snmp" / "testcases"
 #: The profiles this file proves; their cases live beside the UPS cases.
 PROFILES = {
+    "cyberpower-epdu",
+    "eaton-ats2",
     "entity-sensor",
     "raritan-pdu2",
     "servertech-sentry3",
@@ -34,7 +36,6 @@ NAMES = sorted(
     if (p / "expected.yaml").is_file()
     and yaml.safe_load((p / "expected.yaml").read_text())["profile"] in PROFILES
 )
-SNMPGET = ("snmpget", "-v2c", "-c", "public", "-On", "-t", "0.3", "-r", "0")
 
 
 @pytest.fixture
@@ -57,19 +58,17 @@ def test_every_pdu_profile_has_a_real_recording_with_its_origin() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_each_recording_answers_its_profiles_detection_probe(name: str) -> None:
     """The `detect:` key (read by `profile: auto`) finds the real unit: its probe OID is in the
-    walk, and the unit's sysObjectID is listed unless the probe has to stand alone."""
+    walk (the object itself, or a subtree of it), and the unit's sysObjectID is listed unless the
+    probe has to stand alone."""
     expected = yaml.safe_load((CASES / name / "expected.yaml").read_text())
     detect = load_profile(expected["profile"]).detect
     assert detect is not None
     assert detect.priority == (10 if expected["profile"] == "entity-sensor" else 50)
-    rows = [line.split("|")[0] for line in (CASES / name / "device.snmprec").read_text().split()]
+    lines = (CASES / name / "device.snmprec").read_text().splitlines()
+    rows = [line.split("|")[0] for line in lines]
     probe = detect.probe.strip(".")
     assert any(oid == probe or oid.startswith(probe + ".") for oid in rows), probe
-    sysoid = next(
-        line.split("|")[2]
-        for line in (CASES / name / "device.snmprec").read_text().splitlines()
-        if line.startswith("1.3.6.1.2.1.1.2.0|")
-    )
+    sysoid = next((ln.split("|")[2] for ln in lines if ln.startswith("1.3.6.1.2.1.1.2.0|")), "")
     listed = any(sysoid == s or sysoid.startswith(s + ".") for s in detect.sysobjectid)
     assert listed or expected.get("sysobjectid_unlisted"), sysoid
 
@@ -113,16 +112,35 @@ def test_sensor_table_keys_must_name_columns_of_their_table(
         load_profile(str(path))
 
 
-async def test_a_real_cyberpower_epdu_is_detected_by_its_load_table(tmp_path: Path) -> None:
-    """A PDU44005's walk (drivers/snmp/testcases/cyberpower-pdu44005, not yet a full case: its
-    SOURCE.md says why). Its card answers the ePDU2 sysObjectID, which names no profile, so the
-    ePDU load table's first row must answer the probe; the bare column once did not."""
-    recording = CASES / "cyberpower-pdu44005" / "device.snmprec"
-    with serve_recording(recording, tmp_path, [".1.3.6.1.4.1.3808"]) as port:
-        _, sample = await poll_recording(port, "auto")
-    assert sample.metrics["driver.profile"] == "cyberpower-epdu"
-    # Read as CPS-MIB says: ePDULoadStatusVoltage 2179 (0.1 V), ActivePower 219 W, PF 97 (0.01).
-    assert sample.metrics["input.voltage"] == 217.9
-    assert sample.metrics["input.realpower"] == 219
-    assert sample.metrics["input.powerfactor"] == 0.97
-    assert {f"outlet.{n}.status" for n in range(1, 11)} <= sample.metrics.keys()
+@pytest.mark.parametrize("replay", NAMES, indirect=True)
+async def test_profile_auto_reads_each_recording_as_its_profile_does(
+    replay: tuple[int, dict[str, Any]],
+) -> None:
+    """Real agents answer a GET on a bare table column with noSuchObject: a probe naming one
+    (CyberPower's load table, Raritan's inlet sensors, Sentry4's cords, ENTITY-SENSOR) must
+    still be found, or `profile: auto` refuses the unit."""
+    port, expected = replay
+    drv, sample = await poll_recording(port, "auto")
+    assert expected["detect"] == expected["profile"]
+    assert drv.choice is not None and drv.choice.profile == expected["profile"]
+    assert sample.metrics.pop("driver.profile") == expected["profile"]
+    assert "answers" in str(sample.metrics.pop("driver.profile.reason"))
+    assert_reads_as_expected(sample, expected)
+
+
+@pytest.mark.parametrize(
+    ("where", "error"),
+    [
+        ({"oid": "1.3.6.1.4.1.99999.3", "in": [0], "not_in": [0]}, "exactly one of in, not_in"),
+        ({"oid": "1.3.6.1.4.1.99999.3"}, "exactly one of in, not_in"),
+        ({"oid": "nosuchObject", "in": [0]}, "neither a numeric OID"),
+    ],
+)
+def test_a_row_filter_names_an_object_and_one_test(
+    tmp_path: Path, where: dict[str, Any], error: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    table = {"where": where, "columns": {"x": {"oid": "1.3.6.1.4.1.99999.2", "range": "0..1"}}}
+    path.write_text(yaml.safe_dump({"protocol": "snmp", "name": "bad", "tables": {"t": table}}))
+    with pytest.raises(ProfileError, match=error):
+        load_profile(str(path))

@@ -18,7 +18,12 @@ import yaml
 
 from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 
-from .fixtures.recordings import assert_reads_as_expected, poll_recording, recording_driver
+from .fixtures.recordings import (
+    UPS_SUBTREES,
+    assert_reads_as_expected,
+    poll_recording,
+    recording_driver,
+)
 from .fixtures.snmp import serve_recording
 
 CASES = Path(__file__).parents[1] / "drivers" / "snmp" / "testcases"
@@ -29,21 +34,11 @@ NAMES = sorted(
     # Cases naming their own subtrees are the PDU/sensor ones (test_snmp_pdu_recordings.py).
     and "subtrees" not in yaml.safe_load((p / "expected.yaml").read_text())
 )
-#: The subtrees the recordings are served under (snmpd answers the rest itself).
-SUBTREES = (
-    ".1.3.6.1.2.1.33",
-    ".1.3.6.1.4.1.318",
-    ".1.3.6.1.4.1.534",
-    ".1.3.6.1.4.1.705",
-    ".1.3.6.1.4.1.2011",
-    ".1.3.6.1.4.1.3808",
-)
-SNMPGET = ("snmpget", "-v2c", "-c", "public", "-On", "-t", "0.3", "-r", "0")
 
 
 def serve(recording: Path, root: Path) -> AbstractContextManager[int]:
     """Real snmpd replaying `recording` under the UPS MIBs' subtrees."""
-    return serve_recording(recording, root, SUBTREES)
+    return serve_recording(recording, root, UPS_SUBTREES)
 
 
 @pytest.fixture

@@ -76,25 +76,22 @@ def choose(sysobjectid: str, answered: set[Oid]) -> Choice | None:
 async def detect(client: SnmpClient, host: str) -> Choice:
     """Ask the agent, pick a profile; NoProfileError (a clear message) when none fits."""
     probes = sorted({parse_oid(r.probe) for _, p in candidates() if (r := p.detect) and r.probe})
-    asked = [SYS_OBJECT_ID, *probes]
     answered: set[Oid] = set()
     sysobjectid = ""
-    for i in range(0, len(asked), 16):
-        chunk = asked[i : i + 16]
-        try:
-            vbs = await client.get(chunk)
-        except ProtocolError as exc:
-            if getattr(exc, "status", None) is None:
-                raise
-            vbs = await _one_by_one(client, chunk)  # SNMPv1: noSuchName fails the whole GET
-        for oid, value in vbs:
-            if value[0] in ber.EXCEPTIONS:
-                continue
-            if oid == SYS_OBJECT_ID:
-                raw = value[1]
-                sysobjectid = ber.oid_str(raw) if isinstance(raw, tuple) else str(raw)
-            else:
-                answered.add(oid)
+    for asked, (_, value) in await _ask(client, "get", [SYS_OBJECT_ID, *probes]):
+        if value[0] in ber.EXCEPTIONS:
+            continue
+        if asked == SYS_OBJECT_ID:
+            raw = value[1]
+            sysobjectid = ber.oid_str(raw) if isinstance(raw, tuple) else str(raw)
+        else:
+            answered.add(asked)
+    # A probe may name a subtree (a table column whose row indexes differ from unit to unit, as
+    # ENTITY-SENSOR's do): it answers when the next object after it lies under it.
+    rest = [p for p in probes if p not in answered]
+    for asked, (oid, value) in await _ask(client, "get_next", rest):
+        if value[0] not in ber.EXCEPTIONS and oid[: len(asked)] == asked:
+            answered.add(asked)
     choice = choose(sysobjectid, answered)
     if choice is None:
         raise NoProfileError(
@@ -105,14 +102,23 @@ async def detect(client: SnmpClient, host: str) -> Choice:
     return choice
 
 
-async def _one_by_one(client: SnmpClient, oids: list[Oid]) -> list[VarBind]:
-    out: list[VarBind] = []
-    for oid in oids:
+async def _ask(client: SnmpClient, kind: str, oids: list[Oid]) -> list[tuple[Oid, VarBind]]:
+    """GET or GETNEXT `oids` in requests of 16, each answer paired with the OID it answers."""
+    request = client.get if kind == "get" else client.get_next
+    out: list[tuple[Oid, VarBind]] = []
+    for i in range(0, len(oids), 16):
+        chunk = oids[i : i + 16]
         try:
-            out.extend(await client.get([oid]))
+            out.extend(zip(chunk, await request(chunk), strict=True))
         except ProtocolError as exc:
             if getattr(exc, "status", None) is None:
                 raise
+            for oid in chunk:  # SNMPv1: noSuchName fails the whole request; ask one by one
+                try:
+                    out.extend(zip([oid], await request([oid]), strict=True))
+                except ProtocolError as one:
+                    if getattr(one, "status", None) is None:
+                        raise
     return out
 
 

@@ -368,7 +368,12 @@ class SnmpDriver(Driver):
         bases = [p.resolve(table.columns[n].oid) for n in names]
         if table.label is not None:
             bases.append(p.resolve(table.label))
+        if table.where is not None:
+            bases.append(p.resolve(table.where.oid))
         columns = await self._walk(client, bases, table.max_rows, budget)
+        if table.where is not None:
+            kept = {i for i, v in columns.pop().items() if table.where.keeps(v[1])}
+            columns = [{i: v for i, v in col.items() if i in kept} for col in columns]
         for n, name in enumerate(names):
             if (sfx := table.columns[name].suffix) is not None:
                 tail = tuple(int(x) for x in sfx.split("."))

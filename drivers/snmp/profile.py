@@ -90,6 +90,30 @@ class Column(_M):
         return self
 
 
+class RowFilter(_M):
+    """Keep only the rows whose value of one object is (or is not) among some raw values: one
+    MIB table that holds two kinds of row (CPS-MIB's load table: phases have BankNumber 0,
+    banks their bank number) is read as two tables."""
+
+    #: The object, walked with the table's columns (numeric or `symbol`).
+    oid: str
+    in_: list[int] | None = Field(default=None, alias="in", min_length=1)
+    not_in: list[int] | None = Field(default=None, min_length=1)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _one_test(self) -> RowFilter:
+        if (self.in_ is None) == (self.not_in is None):
+            raise ValueError("give exactly one of in, not_in")
+        return self
+
+    def keeps(self, raw: object) -> bool:
+        if not isinstance(raw, int):
+            return False  # no such value in this row: not a row of this kind
+        return raw in self.in_ if self.in_ is not None else raw not in (self.not_in or [])
+
+
 class Table(_M):
     """A conceptual table walked with GETBULK; each row becomes `{prefix}.{index}.{column}`."""
 
@@ -105,6 +129,8 @@ class Table(_M):
     index: Literal["full", "last"] = "full"
     #: Metric name of a cell; default `{prefix}.{key}.{column}` (`outlet.3.current`).
     template: str | None = Field(default=None, pattern=r"\{key\}.*\{column\}")
+    #: Only the rows this filter keeps are read (see RowFilter).
+    where: RowFilter | None = None
 
 
 class StatusRule(_M):
@@ -261,6 +287,8 @@ class Profile(_M):
                     raise ValueError(f"table {prefix}: unknown_when: {col.unknown_when.column!r}")
             if table.label is not None:
                 self.resolve(table.label)
+            if table.where is not None:
+                self.resolve(table.where.oid)
             if not _NAME.match(prefix):
                 raise ValueError(f"table prefix {prefix!r}: use dotted lowercase names")
         for trap in self.traps:

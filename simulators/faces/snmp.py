@@ -307,10 +307,11 @@ def _pdu_agent(face: SnmpAgentFace, name: str, outlets: int) -> Agent:
         return sum(amps(r, n) for n in range(lo, hi + 1))
 
     q = APC_PDU2
-    a.add((*q, 2, 1, 1, 1, 1), _i(lambda r: 1))
-    a.add((*q, 2, 1, 1, 3, 1), _s(desc))
-    a.add((*q, 2, 1, 1, 8, 1), _s("AP8941"))
-    a.add((*q, 2, 1, 1, 9, 1), _s(f"SIM-{name.upper()}"))
+    # rPDU2IdentTable is {rPDU2 2}, its entry {rPDU2IdentTable 1}: column N of row 1 is 2.1.N.1.
+    a.add((*q, 2, 1, 1, 1), _i(lambda r: 1))
+    a.add((*q, 2, 1, 3, 1), _s(desc))
+    a.add((*q, 2, 1, 8, 1), _s("AP8941"))
+    a.add((*q, 2, 1, 9, 1), _s(f"SIM-{name.upper()}"))
     a.add((*q, 4, 3, 1, 5, 1), _i(lambda r: r.site.pdus[name].load_w / 10))
     a.add((*q, 6, 3, 1, 1, 1), _i(lambda r: 1))
     a.add((*q, 6, 3, 1, 4, 1), _i(lambda r: 1 if r.site.pdus[name].current < 0.1 else 2))
