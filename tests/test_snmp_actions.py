@@ -142,6 +142,91 @@ async def test_snmpv1_set_works_too(pdu: Writable) -> None:
         await drv.close()
 
 
+#: Each switched profile with a real walk that holds its outlet table, and what its MIB says:
+#: the command object and value of each action, and the raw state the outlet then reads (the
+#: peer applies it; the profile must read it back as "off"/"on"). Raritan PX2, Sentry3 and
+#: Sentry4 are missing: their public walks (LibreNMS) hold no outlet table.
+SWITCHED: dict[str, tuple[str, str, str, dict[str, tuple[str, int, int]]]] = {
+    # rPDU2OutletSwitchedControlCommand immediateOn(1) immediateOff(2) immediateReboot(3);
+    # rPDU2OutletSwitchedStatusState off(1) on(2).
+    "apc-rpdu2": ("apc-ap7902b", ".1.3.6.1.4.1.318", "1.3.6.1.4.1.318.1.1.26.9.2.3.1.5", {
+        "off": ("1.3.6.1.4.1.318.1.1.26.9.2.4.1.5", 2, 1),
+        "on": ("1.3.6.1.4.1.318.1.1.26.9.2.4.1.5", 1, 2),
+        "cycle": ("1.3.6.1.4.1.318.1.1.26.9.2.4.1.5", 3, 2),
+    }),
+    # outletControlOffCmd / OnCmd / RebootCmd: seconds of delay, 0 = now;
+    # outletControlStatus off(0) on(1).
+    "eaton-epdu": ("eaton-epdu-ema114", ".1.3.6.1.4.1.534", "1.3.6.1.4.1.534.6.6.7.6.6.1.2", {
+        "off": ("1.3.6.1.4.1.534.6.6.7.6.6.1.3", 0, 0),
+        "on": ("1.3.6.1.4.1.534.6.6.7.6.6.1.4", 0, 1),
+        "cycle": ("1.3.6.1.4.1.534.6.6.7.6.6.1.5", 0, 1),
+    }),
+    # CPQPOWER-MIB pdu2OutletControlOffCmd / OnCmd / RebootCmd (delay, 0 = now);
+    # pdu2OutletControlStatus off(1) on(2).
+    "hpe-epdu": ("hpe-mapdu-3k6", ".1.3.6.1.4.1.232", "1.3.6.1.4.1.232.165.7.5.2.1.1", {
+        "off": ("1.3.6.1.4.1.232.165.7.5.2.1.2", 0, 1),
+        "on": ("1.3.6.1.4.1.232.165.7.5.2.1.3", 0, 2),
+        "cycle": ("1.3.6.1.4.1.232.165.7.5.2.1.4", 0, 2),
+    }),
+    # CPS-MIB ePDUOutletControlOutletCommand immediateOn(1) immediateOff(2) immediateReboot(3);
+    # ePDUOutletStatusOutletState on(1) off(2).
+    "cyberpower-epdu": ("cyberpower-pdu44005", ".1.3.6.1.4.1.3808",
+                        "1.3.6.1.4.1.3808.1.1.3.3.5.1.1.4", {
+        "off": ("1.3.6.1.4.1.3808.1.1.3.3.3.1.1.4", 2, 2),
+        "on": ("1.3.6.1.4.1.3808.1.1.3.3.3.1.1.4", 1, 1),
+        "cycle": ("1.3.6.1.4.1.3808.1.1.3.3.3.1.1.4", 3, 1),
+    }),
+    # TRIPPLITE-PRODUCTS tlpAtsOutletCommand / tlpUpsOutletCommand turnOff(1) turnOn(2)
+    # cycle(3); tlpAtsOutletState / tlpUpsOutletState off(1) on(2).
+    "tripplite-ats": ("tripplite-pdumh20atnet", ".1.3.6.1.4.1.850",
+                      "1.3.6.1.4.1.850.1.1.3.4.3.3.1.1.4", {
+        "off": ("1.3.6.1.4.1.850.1.1.3.4.3.3.1.1.6", 1, 1),
+        "on": ("1.3.6.1.4.1.850.1.1.3.4.3.3.1.1.6", 2, 2),
+        "cycle": ("1.3.6.1.4.1.850.1.1.3.4.3.3.1.1.6", 3, 2),
+    }),
+    "tripplite-ups": ("tripplite-su3000lcd2uhv", ".1.3.6.1.4.1.850",
+                      "1.3.6.1.4.1.850.1.1.3.1.3.5.1.1.4", {
+        "off": ("1.3.6.1.4.1.850.1.1.3.1.3.5.1.1.6", 1, 1),
+        "on": ("1.3.6.1.4.1.850.1.1.3.1.3.5.1.1.6", 2, 2),
+        "cycle": ("1.3.6.1.4.1.850.1.1.3.1.3.5.1.1.6", 3, 2),
+    }),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("profile", sorted(SWITCHED))
+async def test_each_switched_profile_switches_an_outlet_of_its_real_walk(
+    tmp_path: Path, profile: str
+) -> None:
+    """The profile's off/on/cycle reach the device as the MIB's object and value (the peer
+    refuses any other), and the state the device then reports reads back as off/on."""
+    case, subtree, state, actions = SWITCHED[profile]
+    rules: dict[str, Any] = {}
+    for command, value, after in actions.values():
+        rules.setdefault(command, {"state": state, "values": {}})["values"][str(value)] = after
+    recording = CASE.parent / case / "device.snmprec"
+    with serve_writable(recording, rules, tmp_path, [subtree]) as peer:
+        cfg = SnmpDeviceConfig(
+            id="pdu-a", driver="snmp", host="127.0.0.1", port=peer.port, profile=profile,
+            timeout=5.0, community="private", allow_writes=True,
+        )  # fmt: skip
+        drv = SnmpDriver(cfg)
+        try:
+            before = await drv.poll()
+            outlet = sorted(k for k in before.metrics if k.startswith("outlet.") and
+                            k.endswith(".status"))[0].split(".")[1]  # fmt: skip
+            rows = set()
+            for action, want in (("off", "off"), ("on", "on"), ("off", "off"), ("cycle", "on")):
+                await drv.run_action(f"outlet.{outlet}.load.{action}")
+                command, value, _ = actions[action]
+                oid, kind, sent = peer.sets()[-1].split()
+                assert oid.startswith(command + ".") and (kind, sent) == ("integer", str(value))
+                rows.add(oid[len(command) + 1 :])
+                assert (await drv.poll()).metrics[f"outlet.{outlet}.status"] == want, action
+            assert len(peer.sets()) == 4 and len(rows) == 1  # one outlet, every time
+        finally:
+            await drv.close()
+
+
 def test_every_pdu_profile_with_outlet_control_declares_its_commands() -> None:
     for name in (
         "apc-rpdu2",
