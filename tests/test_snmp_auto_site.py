@@ -34,12 +34,14 @@ def _cases() -> dict[str, dict[str, Any]]:
 
 
 def test_every_recorded_unit_names_what_profile_auto_picks() -> None:
-    """Every case says which profile detection must pick, so none is left to a named profile
-    (the Liebert cooling unit is the one that must be refused, test_snmp_family_recordings)."""
+    """Every case says which profile detection must pick, so none is left to a named profile;
+    `none` is a unit auto must refuse (the Liebert cooling unit, the switch: if-mib is named)."""
+    refused = set()
     for name, expected in _cases().items():
-        if expected["profile"] == "none":
-            continue
-        assert "detect" in expected, f"{name}: no `detect:` key"
+        assert "detect" in expected or expected["profile"] == "none", f"{name}: no `detect:` key"
+        if expected.get("detect", "none") == "none":
+            refused.add(name)
+    assert refused == {"liebert-pex-cooling", "cisco-c3560-ifmib"}
 
 
 async def _poll(driver: Driver) -> Sample:
@@ -50,7 +52,7 @@ async def _poll(driver: Driver) -> Sample:
 
 
 async def test_a_site_file_without_profiles_reads_every_recorded_unit(tmp_path: Path) -> None:
-    cases = {n: e for n, e in _cases().items() if e["profile"] != "none"}
+    cases = {n: e for n, e in _cases().items() if e.get("detect", "none") != "none"}
     assert len(cases) >= 30
     with ExitStack() as peers:
         ports = {}

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from facility_agent.drivers.snmp.driver import SnmpDeviceConfig, SnmpDriver
 from facility_agent.drivers.snmp.profile import ProfileError, load_profile
 
 from .fixtures.recordings import assert_reads_as_expected, poll_recording
@@ -144,3 +145,26 @@ def test_a_row_filter_names_an_object_and_one_test(
     path.write_text(yaml.safe_dump({"protocol": "snmp", "name": "bad", "tables": {"t": table}}))
     with pytest.raises(ProfileError, match=error):
         load_profile(str(path))
+
+
+async def test_a_real_switch_reads_as_its_named_uplinks(tmp_path: Path) -> None:
+    """IF-MIB on a Cisco 3560's walk: uplinks named by ifDescr and by ifIndex, a port down, a
+    name that matches nothing. snmpd answers the system group itself in the replay, so only
+    the interface table is compared."""
+    case = CASES / "cisco-c3560-ifmib"
+    expected = yaml.safe_load((case / "expected.yaml").read_text())
+    with serve_recording(case / "device.snmprec", tmp_path, expected["subtrees"]) as port:
+        cfg = SnmpDeviceConfig(
+            id="sw", driver="snmp", host="127.0.0.1", port=port, profile="if-mib",
+            timeout=5.0, uplinks=expected["uplinks"],
+        )  # fmt: skip
+        drv = SnmpDriver(cfg)
+        try:
+            sample = await drv.poll()
+        finally:
+            await drv.close()
+    read = {k: v for k, v in sample.metrics.items() if k.startswith("uplink.")}
+    assert read == expected["metrics"]
+    assert list(sample.status) == expected["status"]
+    assert sorted(sample.unknown) == expected["unknown"]
+    assert "device.uptime" in sample.metrics

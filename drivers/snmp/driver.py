@@ -391,20 +391,20 @@ class SnmpDriver(Driver):
                 keys[idx] = _text(label)
             else:
                 keys[idx] = str(idx[-1]) if table.index == "last" else ber.oid_str(idx)
+        rows = [(idx, key) for idx, key in keys.items()]
         if table.rows_from == "uplinks" and self.cfg.uplinks:
-            chosen: dict[Oid, str] = {}
+            rows = []  # two uplink names may name one interface (by index and by name)
             for uplink, want in self.cfg.uplinks.items():
                 for idx in indexes:
                     if (isinstance(want, int) and idx == (want,)) or (
                         isinstance(want, str) and keys[idx] == want
                     ):
-                        chosen[idx] = uplink
+                        rows.append((idx, uplink))
                         break
                 else:
                     metrics[f"{prefix}.{uplink}.status"] = "missing"
-            keys = chosen
-        self._rows[prefix] = {key: idx for idx, key in keys.items()}
-        for idx, key in keys.items():
+        self._rows[prefix] = {key: idx for idx, key in rows}
+        for idx, key in rows:
             for n, name in enumerate(names):
                 value = columns[n].get(idx)
                 if value is None:
