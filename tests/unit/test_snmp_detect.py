@@ -8,7 +8,7 @@ from facility_agent.drivers.snmp.wire import parse_oid
 
 MGE = parse_oid("1.3.6.1.4.1.705.1.1.1.0")
 XUPS = parse_oid("1.3.6.1.4.1.534.1.1.2.0")
-UPS_MIB = parse_oid("1.3.6.1.2.1.33.1.1.2.0")
+UPS_MIB = parse_oid("1.3.6.1.2.1.33.1")  # a subtree probe: any object under upsObjects
 NET_SNMP = "1.3.6.1.4.1.8072.3.2.10"
 
 
