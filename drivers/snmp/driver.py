@@ -409,12 +409,13 @@ class SnmpDriver(Driver):
                 value = columns[n].get(idx)
                 if value is None:
                     continue
-                metric = (
-                    table.template.format(key=key, column=name)
-                    if table.template
-                    else f"{prefix}.{key}.{name}"
-                )
                 col = table.columns[name]
+                if col.metric is not None:
+                    metric = col.metric.format(key=key)
+                elif table.template:
+                    metric = table.template.format(key=key, column=name)
+                else:
+                    metric = f"{prefix}.{key}.{name}"
                 if (when := col.unknown_when) is not None:
                     status = columns[names.index(when.column)].get(idx)
                     if status is not None and status[1] in when.in_:

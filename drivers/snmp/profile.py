@@ -71,6 +71,9 @@ class Column(_M):
     #: Table columns only: the value is unknown while another column of its row holds one of
     #: these raw values (`{column: status, in: [2, 3]}`).
     unknown_when: UnknownWhen | None = None
+    #: Table columns only: this cell's own metric name, with `{key}` for the row's name, where
+    #: the table's template does not fit (NUT's `input.L1-N.voltage` beside `input.L1.current`).
+    metric: str | None = Field(default=None, pattern=r"\{key\}")
     #: Scalars only: read this instead when the agent does not answer `oid` (APC cards without
     #: the upsHighPrec* objects fall back to upsAdv*), with its own range and scale.
     fallback: Column | None = None
@@ -278,6 +281,9 @@ class Profile(_M):
         for prefix, table in self.tables.items():
             if any(col.fallback is not None for col in table.columns.values()):
                 raise ValueError(f"table {prefix}: fallback: is for scalars only")
+        for name, col in self.metrics.items():
+            if col.metric is not None:
+                raise ValueError(f"metric {name}: metric: names table cells only")
         for prefix, table in self.tables.items():
             for col in table.columns.values():
                 self.resolve(col.oid)
