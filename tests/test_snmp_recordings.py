@@ -55,7 +55,8 @@ def test_there_are_at_least_five_recordings_and_one_sends_sentinels() -> None:
     assert any(unknowns)
     for name in NAMES:
         source = (CASES / name / "SOURCE.md").read_text()
-        assert "Licence" in source and any(s in source for s in ("snmpsim-data", "LibreNMS", "Centreon")), name
+        origins = ("snmpsim-data", "LibreNMS", "Centreon")
+        assert "Licence" in source and any(s in source for s in origins), name
 
 
 @pytest.mark.parametrize("replay", NAMES, indirect=True)
