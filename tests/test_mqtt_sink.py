@@ -286,8 +286,20 @@ async def test_broker_outage_loses_nothing_and_keeps_order(
     keys = [k for k in (key(m) for m in got) if k is not None]
     first_seen = list(dict.fromkeys(keys))
     assert first_seen == sent  # every one, in order
-    # Only what was in flight when the broker went can arrive twice (QoS1: at least once).
-    assert len(keys) - len(first_seen) <= MAX_IN_FLIGHT
+    # Only what was in flight when the broker went can arrive twice (QoS1: at least once). The
+    # broker also delivers again, DUP-flagged, what the watcher had not acknowledged when it
+    # stopped (its own QoS1 towards the watcher, not ours; a loaded run saw 31 of those, so
+    # they are not counted). A repeat without DUP is one we published again: our window.
+    seen: set[tuple[str, str]] = set()
+    resent = 0
+    for m in got:
+        k = key(m)
+        if k is None:
+            continue
+        if k in seen and not m.dup:
+            resent += 1
+        seen.add(k)
+    assert resent <= MAX_IN_FLIGHT
     stats = sink.stats()
     assert stats["dropped"] == 0
     assert stats["sent"] == 200
