@@ -391,7 +391,7 @@ class SnmpDriver(Driver):
                 keys[idx] = _text(label)
             else:
                 keys[idx] = str(idx[-1]) if table.index == "last" else ber.oid_str(idx)
-        rows = [(idx, key) for idx, key in keys.items()]
+        rows = list(keys.items())
         if table.rows_from == "uplinks" and self.cfg.uplinks:
             rows = []  # two uplink names may name one interface (by index and by name)
             for uplink, want in self.cfg.uplinks.items():
