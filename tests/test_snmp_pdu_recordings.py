@@ -113,22 +113,6 @@ def test_sensor_table_keys_must_name_columns_of_their_table(
         load_profile(str(path))
 
 
-@pytest.mark.parametrize("replay", NAMES, indirect=True)
-async def test_profile_auto_reads_each_recording_as_its_profile_does(
-    replay: tuple[int, dict[str, Any]],
-) -> None:
-    """Real agents answer a GET on a bare table column with noSuchObject: a probe naming one
-    (CyberPower's load table, Raritan's inlet sensors, Sentry4's cords, ENTITY-SENSOR) must
-    still be found, or `profile: auto` refuses the unit."""
-    port, expected = replay
-    drv, sample = await poll_recording(port, "auto")
-    assert expected["detect"] == expected["profile"]
-    assert drv.choice is not None and drv.choice.profile == expected["profile"]
-    assert sample.metrics.pop("driver.profile") == expected["profile"]
-    assert "answers" in str(sample.metrics.pop("driver.profile.reason"))
-    assert_reads_as_expected(sample, expected)
-
-
 @pytest.mark.parametrize(
     ("where", "error"),
     [
